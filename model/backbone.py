@@ -1,0 +1,62 @@
+"""A thin adapter over timm: any backbone in, one NCHW feature map at stride 16 out (spec §4)."""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models.swin_transformer_v2 import SwinTransformerV2
+from torch import nn
+
+from .config import BackboneConfig
+
+
+class Backbone(nn.Module):
+    """Image `[B, 3, S, S]` -> features `[B, C, S/16, S/16]`, with `C = self.channels`.
+
+    SwinV2 is built from its geometry (not a timm name) so that any released size loads, and returns NHWC from
+    `forward_features`: it is permuted once here. Other timm models come through `features_only=True`.
+    """
+
+    def __init__(self, cfg: BackboneConfig, input_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if cfg.family == "swinv2":
+            self.body = SwinTransformerV2(
+                img_size=input_size,
+                window_size=cfg.window_size,
+                embed_dim=cfg.embed_dim,
+                depths=cfg.depths,
+                num_heads=cfg.num_heads,
+                pretrained_window_sizes=cfg.pretrained_window_sizes,
+                drop_path_rate=cfg.drop_path_rate,
+                num_classes=0,  # the official classifier is unused; its weights are dropped on load
+            )
+            channels = self.body.num_features
+        else:
+            self.body = timm.create_model(
+                cfg.name,
+                pretrained=False,
+                features_only=True,
+                out_indices=(cfg.feature_index,),
+                drop_path_rate=cfg.drop_path_rate,
+            )
+            channels = self.body.feature_info.channels()[-1]
+            if cfg.imagenet_init:
+                from .pretrained import imagenet_state_dict
+
+                self.body.load_state_dict(imagenet_state_dict(cfg.name, features_only=True), strict=True)
+        self.channels = channels
+        # Learned x2 upsampling of the pre-2024 SwinV2-B checkpoints (`backbone.upsample.*`, spec §2).
+        self.upsample = nn.ConvTranspose2d(channels, channels, 2, stride=2) if cfg.upsample == "deconv" else None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.cfg.family == "swinv2":
+            x = self.body.forward_features(images).permute(0, 3, 1, 2)  # NHWC -> NCHW
+        else:
+            x = self.body(images)[-1]
+        if self.cfg.upsample == "bilinear":
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        elif self.upsample is not None:
+            x = self.upsample(x)
+        return x

@@ -1,0 +1,213 @@
+"""Checkpoint files: our own format (config + weights) and the paper's released mmcv checkpoints.
+
+The official key layout is mapped onto ours by one pure function with a table of renames (`official_to_ours`);
+the architecture of an official file is inferred from tensor shapes (`infer_official_config`), so every released
+size loads without a config file. Loads are strict: a key that is missing, left over or mis-shaped is an error.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from .cape import CapeModel
+from .config import BackboneConfig, CapeConfig
+from .errors import CheckpointError
+
+FORMAT = "cape-track"
+FORMAT_VERSION = 1
+DEFAULT_CHECKPOINT = Path(__file__).with_name("weights") / "default.pt"
+
+# Official prefix -> our prefix, first match wins (order matters: the specific decoder rule precedes the generic).
+_HEAD_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"keypoint_head\.input_proj\.", "input_proj."),
+    (r"keypoint_head\.query_proj\.", "support_proj."),
+    (r"keypoint_head\.transformer\.encoder\.", "encoder."),
+    (r"keypoint_head\.transformer\.decoder\.layers\.(\d+)\.multihead_attn\.", r"decoder.layers.\1.cross_attn."),
+    (r"keypoint_head\.transformer\.decoder\.", "decoder."),
+    (r"keypoint_head\.transformer\.proposal_generator\.", "proposal."),
+    (r"keypoint_head\.kpt_branch\.", "coord_heads."),
+)
+# Buffers the official SwinV2 saves but timm recomputes (non-persistent there), and the unused classifier.
+_DROPPED = re.compile(r"\.(relative_position_index|relative_coords_table|attn_mask)$|^backbone\.head\.")
+
+
+def official_to_ours(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an official PoseAnything state dict to CapeModel's keys (spec §4, §17).
+
+    Handles the `module.` prefix of DataParallel saves and the pre-release 5-shot layout (`encoder_sample.` for
+    the backbone plus an unused duplicate `encoder_query.`, GitHub issue #7 of the official repo).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        if key.startswith("encoder_query."):
+            continue
+        if key.startswith("encoder_sample."):
+            key = "backbone." + key.removeprefix("encoder_sample.")
+        if _DROPPED.search(key):
+            continue
+        out[_rename(key)] = value
+    return out
+
+
+def _rename(key: str) -> str:
+    if key.startswith("backbone.upsample."):
+        return key
+    if key.startswith("backbone."):
+        key = key.removeprefix("backbone.")
+        # Official SwinV2 merges patches at the end of stage i, timm at the start of stage i+1.
+        m = re.match(r"layers\.(\d+)\.downsample\.(.*)", key)
+        if m:
+            key = f"layers.{int(m.group(1)) + 1}.downsample.{m.group(2)}"
+        return "backbone.body." + key
+    for pattern, repl in _HEAD_RENAMES:
+        new, n = re.subn("^" + pattern, repl, key)
+        if n:
+            return new
+    return key  # unknown keys are reported by the strict load
+
+
+def infer_official_config(state_dict: Mapping[str, torch.Tensor]) -> CapeConfig:
+    """The architecture of an official checkpoint, from tensor shapes alone (spec §17)."""
+    sd = {k.removeprefix("module.").replace("encoder_sample.", "backbone.", 1): v for k, v in state_dict.items()}
+
+    def shape(key: str) -> torch.Size:
+        if key not in sd:
+            raise CheckpointError(f"checkpoint: missing {key!r} (not a Pose Anything / GraphCape checkpoint)")
+        return sd[key].shape
+
+    def count(pattern: str) -> int:
+        idx = {int(m.group(1)) for k in sd if (m := re.match(pattern, k))}
+        return max(idx) + 1 if idx else 0
+
+    embed_dim = shape("backbone.patch_embed.proj.weight")[0]
+    stages = count(r"backbone\.layers\.(\d+)\.")
+    depths = tuple(count(rf"backbone\.layers\.{s}\.blocks\.(\d+)\.") for s in range(stages))
+    heads = tuple(shape(f"backbone.layers.{s}.blocks.0.attn.logit_scale")[0] for s in range(stages))
+    deconv = "backbone.upsample.weight" in sd
+
+    window = 16
+    if "backbone.layers.0.blocks.0.attn.relative_position_index" in sd:
+        window = round(sd["backbone.layers.0.blocks.0.attn.relative_position_index"].shape[0] ** 0.5)
+    elif "backbone.layers.0.blocks.0.attn.relative_coords_table" in sd:
+        window = (sd["backbone.layers.0.blocks.0.attn.relative_coords_table"].shape[1] + 1) // 2
+    input_size = 224 if deconv else 256
+    if "backbone.layers.0.blocks.1.attn_mask" in sd:
+        windows_per_side = round(sd["backbone.layers.0.blocks.1.attn_mask"].shape[0] ** 0.5)
+        input_size = windows_per_side * 4 * window
+
+    d_model, in_channels = shape("keypoint_head.input_proj.weight")[:2]
+    graph = "keypoint_head.transformer.decoder.layers.0.ffn1.conv.weight" in sd
+    backbone = BackboneConfig(
+        family="swinv2",
+        name=f"swinv2_e{embed_dim}_d{'-'.join(map(str, depths))}_w{window}_{input_size}",
+        embed_dim=embed_dim,
+        depths=depths,
+        num_heads=heads,
+        window_size=window,
+        # The pre-2024 SwinV2-B was fine-tuned from 12/12/12/6 windows (spec §2); current files use 0.
+        pretrained_window_sizes=(12, 12, 12, 6) if deconv else (0,) * stages,
+        upsample="deconv" if deconv else "bilinear",
+    )
+    return CapeConfig(
+        backbone=backbone,
+        input_size=input_size,
+        d_model=d_model,
+        nhead=8,  # not recoverable from shapes; every released head uses 8
+        num_encoder_layers=count(r"keypoint_head\.transformer\.encoder\.layers\.(\d+)\."),
+        num_decoder_layers=count(r"keypoint_head\.transformer\.decoder\.layers\.(\d+)\."),
+        dim_feedforward=shape("keypoint_head.transformer.decoder.layers.0.ffn2.weight")[1],
+        similarity_proj_dim=shape("keypoint_head.transformer.proposal_generator.support_proj.weight")[0],
+        dynamic_proj_dim=shape("keypoint_head.transformer.proposal_generator.dynamic_proj.0.weight")[0],
+        graph_decoder=graph,
+    )
+
+
+def load_official_checkpoint(
+    path_or_state_dict: str | Path | Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
+) -> CapeModel:
+    """A released Pose Anything checkpoint (or an official-layout state dict) as a CapeModel in eval mode.
+
+    Strict: every tensor of the file is used (except the recomputed SwinV2 buffers and the unused ImageNet
+    classifier), every parameter of the model is filled, every shape matches.
+    """
+    if isinstance(path_or_state_dict, (str, Path)):
+        ckpt = _read(Path(path_or_state_dict))
+        state_dict = ckpt.get("state_dict", ckpt)
+    else:
+        state_dict = path_or_state_dict
+    if not isinstance(state_dict, Mapping) or not state_dict:
+        raise CheckpointError("checkpoint: no state_dict found (expected an mmcv checkpoint or a state dict)")
+    model = CapeModel(infer_official_config(state_dict))
+    _load_strict(model, official_to_ours(state_dict), "official checkpoint")
+    return model.to(device).eval()
+
+
+def save_checkpoint(model: CapeModel, path: str | Path, half: bool = False) -> None:
+    """Our format: one file with the config, so `load_checkpoint` rebuilds the exact network."""
+    sd = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(), "state_dict": sd}, path)
+
+
+def load_checkpoint(path: str | Path | None = None, device: str | torch.device = "cpu") -> CapeModel:
+    """Our own format or an official file (detected by content), as a CapeModel in eval mode on `device`."""
+    if path is None:
+        path = DEFAULT_CHECKPOINT
+        if not path.exists():
+            raise CheckpointError(f"{path}: the embedded default model is missing (reinstall cape-track)")
+    path = Path(path)
+    ckpt = _read(path)
+    if ckpt.get("format") != FORMAT:
+        try:
+            return load_official_checkpoint(ckpt.get("state_dict", ckpt), device)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer cape-track (format {ckpt['format_version']}); upgrade")
+    try:
+        config = CapeConfig.from_dict(ckpt["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid model config ({e})") from None
+    model = CapeModel(config)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    _load_strict(model, sd, str(path))
+    return model.to(device).eval()
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # mmcv checkpoints may carry plain Python objects in `meta`; the user chose this file explicitly.
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(e).splitlines()[0][:80]})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (expected a dict, found {type(ckpt).__name__})")
+    return ckpt
+
+
+def _load_strict(model: CapeModel, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        raise CheckpointError(f"{source}: does not fit the network: {'; '.join(parts)}")
+    model.load_state_dict(state_dict, strict=True)

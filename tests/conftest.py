@@ -1,0 +1,70 @@
+"""Shared pytest fixtures: generated media and support files, so no test depends on binary blobs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+# --- support_files: a valid ref.jpg + ref.json pair, and malformed variants of the JSON --------------------------
+
+
+@dataclass
+class SupportFiles:
+    """`image` (64x48 JPEG) with `keypoints` (its valid ref.json, content `data`) in one folder."""
+
+    image: Path
+    keypoints: Path
+    data: dict
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return 64, 48  # (W, H) of `image`
+
+    def variant(self, name: str = "bad.json", **changes: object) -> Path:
+        """Write `data` with keys replaced (a value of `None` removes the key) and return the new file."""
+        data = {**self.data, **changes}
+        return self.raw(json.dumps({k: v for k, v in data.items() if v is not None}), name)
+
+    def raw(self, text: str, name: str = "bad.json") -> Path:
+        """Write arbitrary text as a keypoint file (for malformed JSON)."""
+        path = self.image.parent / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+
+@pytest.fixture
+def support_files(tmp_path: Path) -> SupportFiles:
+    """A generated support image (gradient + a bright square) and its 5-keypoint ref.json with names and skeleton."""
+    w, h = 64, 48
+    xs, ys = np.meshgrid(np.arange(w), np.arange(h))
+    image = np.stack([xs * 4, ys * 5, np.full_like(xs, 60)], axis=-1).astype(np.uint8)
+    image[10:30, 20:44] = 230
+    cv2.imwrite(str(tmp_path / "ref.jpg"), image)
+    data = {
+        "keypoints": [[20.0, 10.0], [43.0, 10.0], [43.0, 29.0], [20.0, 29.0], [31.5, 19.5]],
+        "names": ["top_left", "top_right", "bottom_right", "bottom_left", "centre"],
+        "visible": [1, 1, 1, 0, 1],
+        "skeleton": [[0, 1], [1, 2], [2, 3], [3, 0]],
+    }
+    (tmp_path / "ref.json").write_text(json.dumps(data), encoding="utf-8")
+    return SupportFiles(tmp_path / "ref.jpg", tmp_path / "ref.json", data)
+
+
+# --- seeded: every test starts from the same random state -----------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def seeded() -> None:
+    """Seed torch, numpy and random per test, so results never depend on test order."""
+    import random
+
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)

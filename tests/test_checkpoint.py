@@ -1,0 +1,128 @@
+"""Loading the paper's released layouts strictly, and our own format round-tripping bit-exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import model
+from model.checkpoint import infer_official_config, official_to_ours
+from model.errors import CheckpointError
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="shared/reference not present")
+
+
+def _released_layout(name: str) -> dict[str, torch.Tensor]:
+    """A state dict laid out exactly like a released checkpoint (names, shapes, dtypes), random values."""
+    keys = json.loads((REFERENCE / name).read_text())
+    gen = torch.Generator().manual_seed(0)
+    sd = {}
+    for key, shape, dtype, _kind in keys:
+        if dtype == "int64":
+            sd[key] = torch.randint(0, 10, shape, generator=gen)
+        else:
+            sd[key] = torch.randn(shape, generator=gen) * 0.02
+    return sd
+
+
+@needs_reference
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("keys", "depths", "input_size"),
+    [
+        ("keys_tiny_1shot.json", (2, 2, 6, 2), 256),
+        ("keys_small_1shot.json", (2, 2, 18, 2), 256),
+        ("keys_old_swinv2b_1shot_pre_feb2024.json", (2, 2, 18, 2), 224),
+    ],
+)
+def test_released_layout_loads_strictly(keys: str, depths: tuple[int, ...], input_size: int) -> None:
+    sd = _released_layout(keys)
+    cfg = infer_official_config(sd)
+    assert cfg.backbone.depths == depths and cfg.input_size == input_size
+    m = model.load_official_checkpoint(sd)
+    ours = m.state_dict()
+    mapped = official_to_ours(sd)
+    # Every tensor of the file is used (only recomputed buffers and the unused classifier are dropped) ...
+    dropped = set(sd) - {k for k in sd if not k.endswith(("relative_position_index", "relative_coords_table"))}
+    dropped |= {k for k in sd if k.endswith("attn_mask") or k.startswith("backbone.head.")}
+    assert len(mapped) == len(sd) - len(dropped)
+    # ... and lands in the model unchanged.
+    for k, v in mapped.items():
+        assert torch.equal(ours[k], v), k
+    assert not m.training
+    x = torch.zeros(1, 3, input_size, input_size)
+    with torch.no_grad():
+        assert m.backbone(x).shape[-2:] == (input_size // 16, input_size // 16)
+
+
+@needs_reference
+def test_unknown_or_missing_key_is_a_clear_error() -> None:
+    sd = torch.load(REFERENCE / "vectors" / "state_dict_mini.pt", weights_only=False)
+    extra = dict(sd, **{"keypoint_head.something_new.weight": torch.zeros(3)})
+    with pytest.raises(CheckpointError, match="1 unexpected"):
+        model.load_official_checkpoint(extra)
+    partial = {k: v for k, v in sd.items() if "kpt_branch.2" not in k}
+    with pytest.raises(CheckpointError, match="missing"):
+        model.load_official_checkpoint(partial)
+
+
+@needs_reference
+def test_module_prefix_and_prerelease_names_are_accepted() -> None:
+    sd = torch.load(REFERENCE / "vectors" / "state_dict_mini.pt", weights_only=False)
+    renamed = {}
+    for k, v in sd.items():
+        k2 = "encoder_sample." + k.removeprefix("backbone.") if k.startswith("backbone.") else k
+        renamed["module." + k2] = v
+        if k.startswith("backbone.patch_embed"):
+            renamed["module.encoder_query." + k.removeprefix("backbone.")] = v
+    a = model.load_official_checkpoint(sd).state_dict()
+    b = model.load_official_checkpoint(renamed).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_own_format_round_trips_bit_exactly(tmp_path: Path) -> None:
+    m = model.CapeModel.from_preset("test").eval()
+    path = tmp_path / "m.pt"
+    m.save(path)
+    m2 = model.CapeModel.from_checkpoint(path)
+    assert m2.config == m.config
+    a, b = m.state_dict(), m2.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_half_storage_loads_as_float(tmp_path: Path) -> None:
+    m = model.CapeModel.from_preset("test").eval()
+    m.save(tmp_path / "h.pt", half=True)
+    m2 = model.CapeModel.from_checkpoint(tmp_path / "h.pt")
+    w = next(m2.parameters())
+    assert w.dtype == torch.float32
+    assert torch.allclose(w, next(m.parameters()), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "no such checkpoint"), (b"not a torch file", "not a PyTorch checkpoint"), ([1, 2], "expected a dict")],
+)
+def test_bad_checkpoint_files(tmp_path: Path, content: object, message: str) -> None:
+    path = tmp_path / "bad.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(CheckpointError, match=message):
+        model.CapeModel.from_checkpoint(path)
+
+
+def test_other_network_does_not_fit(tmp_path: Path) -> None:
+    m = model.CapeModel.from_preset("test")
+    m.save(tmp_path / "m.pt")
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    ckpt["config"]["d_model"] = 64
+    ckpt["config"]["similarity_proj_dim"] = 64
+    torch.save(ckpt, tmp_path / "m2.pt")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        model.CapeModel.from_checkpoint(tmp_path / "m2.pt")
