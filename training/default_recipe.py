@@ -1,0 +1,223 @@
+"""The CPU recipe of the embedded default model: a frozen ImageNet EfficientNet-Lite0 and the graph CAPE head,
+trained on two-view episodes of real photos and clip frames (`training.views`). Resumable; logs a CSV curve.
+
+    python -m training.default_recipe --out runs/default --minutes 70
+    python -m training.default_recipe --out runs/default --export model/weights/default.pt   # after training
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import CapeModel, SupportEmbedding
+from model.config import get_preset
+from model.transforms import normalize_images
+
+from .losses import cape_losses
+from .views import ViewConfig, load_images, make_episode
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeConfig:
+    preset: str = "lite0"
+    episodes_per_step: int = 4  # E supports per step ...
+    queries_per_episode: int = 3  # ... each with Q warped queries: E*(Q+1) backbone images per step
+    steps: int = 2000
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup: int = 200
+    val_every: int = 250
+    val_episodes: int = 32
+    seed: int = 0
+
+
+def build_model(cfg: RecipeConfig) -> CapeModel:
+    preset = get_preset(cfg.preset)
+    backbone = dataclasses.replace(preset.backbone, imagenet_init=True)
+    # No dropout: the episodes are never repeated (fresh random views every step), and it halves the attention cost.
+    model = CapeModel(dataclasses.replace(preset, backbone=backbone, dropout=0.0))
+    # Frozen backbone: ImageNet features are kept (measured better than tuning them on this little data) and
+    # the backward pass stops at the head, which makes a CPU step about twice as cheap.
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _pad(arrays: Sequence[np.ndarray], n: int, value: float = 0.0) -> np.ndarray:
+    out = np.full((len(arrays), n, *arrays[0].shape[1:]), value, dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[i, : len(a)] = a
+    return out
+
+
+def make_batch(
+    images: Sequence[np.ndarray], episodes: int, queries: int, view: ViewConfig, rng: np.random.Generator
+) -> dict[str, torch.Tensor | list]:
+    eps = [make_episode(images[int(rng.integers(len(images)))], queries, view, rng) for _ in range(episodes)]
+    n = max(len(e["support_xy"]) for e in eps)
+    sup_vis = _pad([np.ones(len(e["support_xy"]), bool) for e in eps], n, False)
+    q_xy = np.concatenate([_pad(list(e["query_xy"]), n) for e in eps])
+    q_vis = np.concatenate([_pad(list(e["query_visible"]), n, False) for e in eps])
+    return {
+        "support": normalize_images(np.stack([e["support"] for e in eps]))[None],  # [1, E, 3, S, S]
+        "support_xy": torch.from_numpy(_pad([e["support_xy"] for e in eps], n))[None],
+        "support_visible": torch.from_numpy(sup_vis)[None],
+        "skeletons": [e["skeleton"] for e in eps],
+        "queries": normalize_images(np.concatenate([e["queries"] for e in eps])),  # [E*Q, 3, S, S]
+        "query_xy": torch.from_numpy(q_xy),
+        "query_visible": torch.from_numpy(q_vis),
+    }
+
+
+def run_batch(model: CapeModel, batch: dict, queries: int):
+    emb = model.encode_support(batch["support"], batch["support_xy"], batch["support_visible"], batch["skeletons"])
+    emb = SupportEmbedding(
+        emb.tokens.repeat_interleave(queries, 0),
+        emb.mask.repeat_interleave(queries, 0),
+        emb.adjacency.repeat_interleave(queries, 0),
+    )
+    return emb, model(batch["queries"], emb)
+
+
+@torch.no_grad()
+def validate(model: CapeModel, batches: Sequence[dict], queries: int) -> dict[str, float]:
+    model.eval()
+    dists, counts = [], 0
+    for batch in batches:
+        emb, pred = run_batch(model, batch, queries)
+        ok = batch["query_visible"] & ~emb.mask
+        d = (pred.keypoints - batch["query_xy"]).norm(dim=-1)[ok]
+        dists.append(d)
+        counts += int(ok.sum())
+    d = torch.cat(dists) / model.input_size
+    model.train()
+    model.backbone.eval()
+    return {"pck05": float((d < 0.05).float().mean()), "pck10": float((d < 0.1).float().mean()), "n": counts}
+
+
+def lr_at(step: int, cfg: RecipeConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def train(out: Path, minutes: float, cfg: RecipeConfig) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    step = 0
+    state_path = out / "state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = state["step"]
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed at step {step}", flush=True)
+
+    view = ViewConfig(input_size=model.input_size)
+    train_images = load_images("train")
+    val_rng = np.random.default_rng(12345)  # the same validation episodes in every run
+    val_images = load_images("val")
+    val_batches = [
+        make_batch(val_images, cfg.episodes_per_step, cfg.queries_per_episode, view, val_rng)
+        for _ in range(cfg.val_episodes // cfg.episodes_per_step)
+    ]
+    log_path = out / "curve.csv"
+    new_log = not log_path.exists()
+    log = log_path.open("a", newline="")
+    writer = csv.writer(log)
+    if new_log:
+        writer.writerow(["step", "seconds", "lr", "loss", "l1_last", "val_pck05", "val_pck10"])
+
+    model.train()
+    model.backbone.eval()  # frozen BatchNorm statistics
+    t0 = time.perf_counter()
+    running: list[float] = []
+    running_l1: list[float] = []
+    while step < cfg.steps and time.perf_counter() - t0 < minutes * 60:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        batch = make_batch(train_images, cfg.episodes_per_step, cfg.queries_per_episode, view, rng)
+        emb, pred = run_batch(model, batch, cfg.queries_per_episode)
+        losses = cape_losses(pred, emb.mask, batch["query_xy"], batch["query_visible"], model.input_size)
+        loss = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        running.append(loss.item())
+        running_l1.append(losses[f"l1_loss_layer{model.config.num_decoder_layers - 1}"].item())
+        if step % 50 == 0:
+            print(f"step {step} loss {np.mean(running[-50:]):.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            val = validate(model, val_batches, cfg.queries_per_episode)
+            elapsed = time.perf_counter() - t0
+            writer.writerow(
+                [step, round(elapsed), f"{lr_at(step, cfg):.2e}", f"{np.mean(running):.4f}",
+                 f"{np.mean(running_l1):.4f}", f"{val['pck05']:.4f}", f"{val['pck10']:.4f}"]
+            )  # fmt: skip
+            log.flush()
+            print(
+                f"step {step} loss {np.mean(running):.4f} l1 {np.mean(running_l1):.4f} "
+                f"val PCK@0.05 {val['pck05']:.3f} PCK@0.1 {val['pck10']:.3f} ({elapsed:.0f}s)",
+                flush=True,
+            )
+            running, running_l1 = [], []
+            state = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "recipe": dataclasses.asdict(cfg),
+            }
+            torch.save(state, out / "state.tmp")
+            (out / "state.tmp").replace(state_path)
+    log.close()
+
+
+def export(out: Path, dest: Path, cfg: RecipeConfig) -> None:
+    """Write the trained weights in our checkpoint format, fp16 storage, without the training-only flags."""
+    state = torch.load(out / "state.pt", weights_only=False)
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    backbone = dataclasses.replace(model.config.backbone, imagenet_init=False)
+    final = CapeModel(dataclasses.replace(model.config, backbone=backbone))
+    final.load_state_dict(model.state_dict())
+    final.save(dest, half=True)
+    print(f"wrote {dest} (step {state['step']})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("runs/default"))
+    p.add_argument("--minutes", type=float, default=90.0, help="stop (resumably) after this much wall time")
+    p.add_argument("--steps", type=int, default=RecipeConfig.steps)
+    p.add_argument("--export", type=Path, help="write the trained model here instead of training")
+    args = p.parse_args(argv)
+    cfg = RecipeConfig(steps=args.steps)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.export:
+        export(args.out, args.export, cfg)
+    else:
+        train(args.out, args.minutes, cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
