@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SAMPLE := samples/sample.mp4
 SUPPORT := samples/sample.jpg
 
-.PHONY: setup test run app lint clean
+.PHONY: setup test run app lint browser clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
-test: setup lint
+test: setup lint browser
 	$(BIN)/python -m pytest -q
 
 run: setup
@@ -30,6 +30,17 @@ run: setup
 
 app: setup
 	$(BIN)/streamlit run streamlit_app/app.py
+
+# The page's browser test drives Debian's Chromium (Playwright cannot download its own browser here). Install it
+# when it is missing and apt-get is usable (as root, or with password-less sudo); never fail: the test then skips.
+browser:
+	@test -x /usr/bin/chromium || { \
+	  command -v apt-get >/dev/null 2>&1 && \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo -n"; fi && \
+	  echo "installing chromium for the browser test (apt-get)" && \
+	  $$SUDO apt-get update -qq >/dev/null 2>&1 && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; \
+	} || echo "note: no /usr/bin/chromium and apt-get could not install it; the browser test will be skipped"
 
 clean:
 	rm -rf $(VENV) cape_out .pytest_cache .ruff_cache

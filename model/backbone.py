@@ -5,10 +5,11 @@ from __future__ import annotations
 import timm
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer_v2 import SwinTransformerV2
+from timm.models.swin_transformer_v2 import SwinTransformerV2, checkpoint_filter_fn
 from torch import nn
 
 from .config import BackboneConfig
+from .errors import CheckpointError
 
 
 class Backbone(nn.Module):
@@ -33,13 +34,20 @@ class Backbone(nn.Module):
                 num_classes=0,  # the official classifier is unused; its weights are dropped on load
             )
             channels = self.body.num_features
+            if cfg.weights_file is not None:
+                self.body.load_state_dict(_swinv2_imagenet(cfg.weights_file, self.body), strict=True)
         else:
+            kwargs = dict(cfg.timm_kwargs)
+            if cfg.weights_file is not None:
+                # timm reads a local file through its pretrained config; nothing is ever fetched from a hub.
+                kwargs["pretrained_cfg_overlay"] = {"file": cfg.weights_file}
             self.body = timm.create_model(
                 cfg.name,
-                pretrained=False,
+                pretrained=cfg.weights_file is not None,
                 features_only=True,
                 out_indices=(cfg.feature_index,),
                 drop_path_rate=cfg.drop_path_rate,
+                **kwargs,
             )
             channels = self.body.feature_info.channels()[-1]
             if cfg.imagenet_init:
@@ -60,3 +68,15 @@ class Backbone(nn.Module):
         elif self.upsample is not None:
             x = self.upsample(x)
         return x
+
+
+def _swinv2_imagenet(path: str, body: SwinTransformerV2) -> dict[str, torch.Tensor]:
+    """Microsoft / SimMIM SwinV2 ImageNet weights (the paper's backbone init, spec §2) in timm's layout."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot read backbone weights ({e})") from None
+    sd = sd.get("model", sd)
+    sd = {k.removeprefix("encoder."): v for k, v in sd.items()}  # SimMIM prefix
+    sd = checkpoint_filter_fn(sd, body)
+    return {k: v for k, v in sd.items() if not k.startswith("head.")}

@@ -153,7 +153,9 @@ def save_checkpoint(model: CapeModel, path: str | Path, half: bool = False) -> N
     sd = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(), "state_dict": sd}, path)
+    torch.save(
+        {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(), "state_dict": sd}, path
+    )
 
 
 def load_checkpoint(path: str | Path | None = None, device: str | torch.device = "cpu") -> CapeModel:

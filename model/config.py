@@ -25,7 +25,9 @@ class BackboneConfig:
     feature_index: int = -1
     upsample: str = "bilinear"
     drop_path_rate: float = 0.0
-    imagenet_init: bool = False  # load local ImageNet weights at construction (training from scratch only)
+    timm_kwargs: tuple[tuple[str, object], ...] = ()  # extra `timm.create_model` arguments, e.g. img_size
+    imagenet_init: bool = False  # load ImageNet weights from an installed package at construction (training only)
+    weights_file: str | None = None  # or from a local timm-layout file (no hub download, ever)
 
     def __post_init__(self) -> None:
         if self.family not in ("swinv2", "timm"):
@@ -72,6 +74,7 @@ class CapeConfig:
         values = dict(values)
         bb = values.pop("backbone", {})
         bb = {k: tuple(v) if isinstance(v, list) else v for k, v in bb.items()}
+        bb["timm_kwargs"] = tuple(tuple(kv) for kv in bb.get("timm_kwargs", ()))
         return cls(backbone=BackboneConfig(**bb), **values)
 
 
@@ -115,6 +118,20 @@ PRESETS: dict[str, CapeConfig] = {
         similarity_proj_dim=128,
         dynamic_proj_dim=64,
     ),
+    # Other backbones of the official code, through timm (no released head weights for them; spec §4).
+    "dinov2-s": CapeConfig(
+        backbone=BackboneConfig(
+            family="timm", name="vit_small_patch14_dinov2", upsample="none", timm_kwargs=(("img_size", 224),)
+        ),
+        input_size=224,  # 16 x 16 patches of 14 px, as EdgeCape uses DINOv2
+    ),
+    "dino-s8": CapeConfig(
+        backbone=BackboneConfig(
+            family="timm", name="vit_small_patch8_224.dino", upsample="none", timm_kwargs=(("img_size", 128),)
+        ),
+        input_size=128,  # stride 8: a 16 x 16 grid
+    ),
+    "resnet50": CapeConfig(backbone=BackboneConfig(family="timm", name="resnet50", feature_index=4)),
     # A few-thousand-parameter model for fast tests (timm's test architecture, random weights).
     "test": CapeConfig(
         backbone=BackboneConfig(family="timm", name="test_efficientnet", feature_index=3, upsample="none"),

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import MLP, CoordinateHead, SinePositionalEncoding
+from .layers import MLP, SinePositionalEncoding
 
 
 def skeleton_adjacency(skeletons: Sequence[Sequence[Sequence[int]]], valid: torch.Tensor) -> torch.Tensor:

@@ -33,9 +33,7 @@ class Encoder(nn.Module):
 
     def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int, dropout: float) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            EncoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(num_layers)
-        )
+        self.layers = nn.ModuleList(EncoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(num_layers))
 
     def forward(
         self, image: torch.Tensor, image_pos: torch.Tensor, keypoints: torch.Tensor, kpt_mask: torch.Tensor

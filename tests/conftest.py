@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +60,9 @@ def support_files(tmp_path: Path) -> SupportFiles:
 
 
 @pytest.fixture(autouse=True)
-def seeded() -> None:
-    """Seed torch, numpy and random per test, so results never depend on test order."""
+def seeded() -> Iterator[None]:
+    """Seed torch, numpy and random per test, so results never depend on test order; one torch thread, because
+    two OpenMP threads on a loaded 2-core machine make small-model calls up to 100x slower (oversubscription)."""
     import random
 
     import torch
@@ -68,3 +70,20 @@ def seeded() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- generated_mp100: a small dataset in the MP-100 file layout (training tests) --------------------------------
+
+
+@pytest.fixture(scope="session")
+def generated_mp100(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a generated MP-100-layout dataset: 5 toy categories x 6 images (3 train, 1 val, 1 test), 2 splits."""
+    from training.synthetic import generate
+
+    root = tmp_path_factory.mktemp("mp100")
+    generate(root, categories=5, images_per_category=6, splits=2, seed=0, size_range=(96, 160))
+    return root

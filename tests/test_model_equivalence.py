@@ -48,16 +48,16 @@ def test_every_stage_matches_official(vectors: tuple[dict, dict], mini: model.Ca
     x, ref = inputs[case], outputs[case]
     seen, hooks = _capture(mini)
     try:
-        support = mini.encode_support(
-            normalize_images(x["img_s_u8"]), x["kp_s"].float(), x["vis_s"], x["skeletons"]
-        )
+        support = mini.encode_support(normalize_images(x["img_s_u8"]), x["kp_s"].float(), x["vis_s"], x["skeletons"])
         pred = mini.predict(normalize_images(x["img_q_u8"]), support)
     finally:
         for h in hooks:
             h.remove()
     k, b = x["kp_s"].shape[:2]
 
-    assert_close(seen["backbone"][0].view(k, b, *seen["backbone"][0].shape[1:]), ref["backbone_feat_s"], atol=1e-5, rtol=0)
+    assert_close(
+        seen["backbone"][0].view(k, b, *seen["backbone"][0].shape[1:]), ref["backbone_feat_s"], atol=1e-5, rtol=0
+    )
     assert_close(seen["backbone"][1], ref["backbone_feat_q"], atol=1e-5, rtol=0)
     assert_close((~support.mask).float()[..., None], ref["mask_s"].float())
     assert_close(seen["support_in"], ref["support_pooled_masked"], atol=1e-5, rtol=1e-5)

@@ -35,7 +35,7 @@ class RecipeConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup: int = 200
-    val_every: int = 250
+    val_every: int = 100
     val_episodes: int = 32
     seed: int = 0
 
@@ -209,9 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=90.0, help="stop (resumably) after this much wall time")
     p.add_argument("--steps", type=int, default=RecipeConfig.steps)
     p.add_argument("--export", type=Path, help="write the trained model here instead of training")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = p.parse_args(argv)
     cfg = RecipeConfig(steps=args.steps)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        # On a machine shared with other jobs one thread avoids oversubscription (measured ~3x faster here).
+        torch.set_num_threads(args.threads)
     if args.export:
         export(args.out, args.export, cfg)
     else:

@@ -1,0 +1,1 @@
+"""The Streamlit page of cape-track (`streamlit run streamlit_app/app.py`): UI over the tracker's public API."""

@@ -1,0 +1,188 @@
+"""Accelerator: device selection, the CPU path, one-line fallbacks for unavailable speed-ups, and the CUDA stream
+scheduler driven by fake streams on CPU (its real-GPU counterpart is tests/test_tracker_gpu.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures_media import one_torch_thread, write_clip, write_support  # noqa: F401 (fixture)
+from torch import nn
+
+from model import CapeModel, SupportSet
+from tracker.accel import Accelerator, CudaAccelerator, select_device
+from tracker.errors import DeviceError, TrackerWarning
+from tracker.pipeline import Tracker, TrackerConfig
+from tracker.sources import VideoFileSource
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny-model calls on one thread (see fixtures_media)
+
+
+def test_select_device() -> None:
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("banana", "mps:7x"):
+        with pytest.raises(DeviceError, match=f"device {bad}: "):
+            select_device(bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_cuda_is_a_one_line_error() -> None:
+    with pytest.raises(DeviceError, match="CUDA is not available on this machine"):
+        select_device("cuda")
+
+
+def test_for_device_picks_the_plain_path_on_cpu() -> None:
+    accel = Accelerator.for_device("cpu")
+    assert type(accel) is Accelerator and accel.in_flight == 1
+    host = accel.staging((2, 4, 4, 3))
+    host.numpy()[:] = 7
+    assert torch.equal(accel.upload(host), host)
+    (out,) = accel.download(torch.arange(6.0).view(2, 3)).wait()
+    np.testing.assert_array_equal(out, np.arange(6.0).reshape(2, 3))
+    with accel.autocast():
+        assert not torch.is_autocast_enabled()
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Linear(3, 3)
+
+
+def test_tensorrt_on_cpu_warns_once_and_runs_eager() -> None:
+    net = _Net()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Accelerator("cpu", "tensorrt").optimize(net, torch.zeros(1, 3))
+    assert [str(w.message) for w in caught] == ["tensorrt needs a CUDA device; running eager"]
+    assert caught[0].category is TrackerWarning
+    assert "forward" not in vars(net.backbone)
+
+
+def test_tensorrt_not_installed_warns_and_runs_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # import fails as if not installed
+    accel = Accelerator("cpu", "tensorrt")
+    accel.device = torch.device("cuda")  # only the device check is faked; nothing touches CUDA before the import
+    net = _Net()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        accel.optimize(net, torch.zeros(1, 3))
+    assert len(caught) == 1 and str(caught[0].message).startswith("tensorrt not installed")
+    assert "forward" not in vars(net.backbone)
+
+
+def test_compile_patches_only_the_backbone_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(fn) or fn)
+    net = _Net()
+    keys = list(net.state_dict())
+    Accelerator("cpu", "compile").optimize(net, torch.zeros(1, 3))
+    assert len(compiled) == 1 and "forward" in vars(net.backbone)
+    assert list(net.state_dict()) == keys  # no `_orig_mod.` in checkpoints
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(fn):
+        def run(*args):
+            raise RuntimeError("no C compiler\nlong inductor log")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    net = _Net()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Accelerator("cpu", "compile").optimize(net, torch.zeros(1, 3))
+    assert [str(w.message) for w in caught] == ["compile failed (no C compiler); running eager"]
+    assert "forward" not in vars(net.backbone)
+    net.backbone(torch.zeros(1, 3))
+
+
+class FakeStreams:
+    """Stands in for CUDA streams and events on CPU and logs what the accelerator asks of them."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple] = []
+        self.active = "compute"
+        self.events = 0
+        self.made = 0
+
+    def new_stream(self) -> str:
+        self.made += 1
+        return ("upload", "download")[self.made - 1]
+
+    def current(self) -> str:
+        return self.active
+
+    @contextlib.contextmanager
+    def use(self, stream: str) -> Iterator[None]:
+        previous, self.active = self.active, stream
+        self.log.append(("use", stream))
+        yield
+        self.active = previous
+
+    def wait(self, waiter: str, producer: str) -> None:
+        self.log.append(("wait", waiter, producer))
+
+    def keep_alive(self, tensor: torch.Tensor, stream: str) -> None:
+        self.log.append(("keep", stream))
+
+    def record(self, stream: str) -> int:
+        self.events += 1
+        self.log.append(("record", stream, self.events))
+        return self.events
+
+    def synchronize(self, event: int) -> None:
+        self.log.append(("sync", event))
+
+
+@pytest.fixture
+def clip_and_support(tmp_path: Path):
+    clip = write_clip(tmp_path, frames=7)
+    return clip, SupportSet.from_files([write_support(clip, tmp_path / "support")])
+
+
+def _track(accel: Accelerator, clip, support, batch: int = 2) -> list:
+    torch.manual_seed(0)
+    tracker = Tracker(CapeModel.from_preset("test"), support, TrackerConfig(batch=batch), accel)
+    with VideoFileSource(clip.path) as source:
+        return list(tracker.run(source))
+
+
+def test_stream_scheduler_orders_copies_around_compute(clip_and_support) -> None:
+    clip, support = clip_and_support
+    streams = FakeStreams()
+    fake = CudaAccelerator("cpu", streams=streams, pin=False)
+    results = _track(fake, clip, support, batch=2)
+    assert [r.index for r in results] == list(range(7))
+    log = streams.log
+    # every upload: copy on the upload stream, then compute waits for it and keeps the tensor alive
+    uploads = [i for i, entry in enumerate(log) if entry == ("use", "upload")]
+    assert len(uploads) == 4  # ceil(7 / 2) batches
+    for i in uploads:
+        assert log[i + 1] == ("wait", "compute", "upload") and log[i + 2] == ("keep", "compute")
+    # every download: waits for compute, copies on the download stream, records an event
+    records = [entry for entry in log if entry[0] == "record"]
+    assert all(entry[1] == "download" for entry in records) and len(records) == 4
+    assert log.count(("wait", "download", "compute")) == 4
+    # two batches in flight: batch 2 is submitted before batch 1's results are waited for, and each result is
+    # synchronised before it is read
+    assert log.index(("record", "download", 2)) < log.index(("sync", 1))
+    for event in range(1, 5):
+        assert log.index(("record", "download", event)) < log.index(("sync", event))
+
+
+def test_stream_scheduler_computes_what_the_cpu_path_computes(clip_and_support) -> None:
+    clip, support = clip_and_support
+    fake = CudaAccelerator("cpu", streams=FakeStreams(), pin=False)
+    fake.in_flight = 1  # same crops as the plain path (two in flight place crops from older keypoints)
+    for ours, plain in zip(_track(fake, clip, support), _track(Accelerator("cpu"), clip, support), strict=True):
+        np.testing.assert_array_equal(ours.xy_frame, plain.xy_frame)
+        np.testing.assert_array_equal(ours.scores, plain.scores)

@@ -1,0 +1,164 @@
+"""benchmarks/: PCK of tracks on crafted values, the optical-flow baseline on a clip with known motion, finding the
+support's frame, and both command lines end to end on generated media (figures are never asserted on speed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_media import one_torch_thread, write_clip, write_support  # noqa: F401 (fixture)
+
+from benchmarks import fps, pck
+from benchmarks.flow_baseline import track_optical_flow
+from benchmarks.pck import BenchmarkError, Tracks, decode_all, locate_support_frame, pck_of_tracks
+from model import CapeModel
+from model.support import load_image
+
+NAMES = ("a", "b", "c")
+
+
+def _tracks(xy: list, visible: list | None = None, index: list | None = None) -> Tracks:
+    xy = np.asarray(xy, dtype=np.float64)
+    visible = np.ones(xy.shape[:2], bool) if visible is None else np.asarray(visible, bool)
+    index = np.arange(len(xy)) if index is None else np.asarray(index)
+    return Tracks(NAMES, index, xy, visible)
+
+
+# A reference with a 100 px box in frame 0 (x from 0 to 100) and a 50 px box in frame 1 (y from 0 to 50).
+REFERENCE = _tracks(
+    [[[0, 0], [100, 0], [50, 40]], [[10, 0], [10, 50], [0, 20]]],
+    visible=[[1, 1, 1], [1, 1, 0]],  # frame 1: keypoint c is not visible, so it is not scored
+)
+
+
+def test_pck_of_tracks_matches_a_hand_computed_value() -> None:
+    # Errors: frame 0 -> 3, 8, 30 px on a 100 px box (0.03, 0.08, 0.30); frame 1 -> 4, 12 px on a 50 px box
+    # (0.08, 0.24); keypoint c of frame 1 is 500 px off but invisible in the reference, so it must not count.
+    tracks = _tracks([[[3, 0], [100, 8], [50, 70]], [[10, 4], [10, 62], [500, 20]]])
+    result = pck_of_tracks(tracks, REFERENCE, thresholds=(0.05, 0.1, 0.2))
+    assert result.keypoints == 5 and result.frames == 2
+    assert result.pck == pytest.approx({0.05: 1 / 5, 0.1: 3 / 5, 0.2: 3 / 5})
+    assert result.mean_error_px == pytest.approx((3 + 8 + 30 + 4 + 12) / 5)
+
+
+def test_pck_threshold_is_strict_at_the_edge() -> None:
+    # 10 px on a 100 px box is exactly 0.1: wrong at 0.1 (distance / size < threshold, as mmpose), right at 0.2.
+    on_edge = _tracks([[[10, 0], [100, 0], [50, 40]]])
+    result = pck_of_tracks(on_edge, _tracks(REFERENCE.xy[:1]), thresholds=(0.1, 0.2))
+    assert result.pck[0.1] == pytest.approx(2 / 3)
+    assert result.pck[0.2] == 1.0
+
+
+def test_pck_counts_missing_frames_as_wrong_and_skips_the_support_frame() -> None:
+    perfect_frame0 = Tracks(NAMES, np.array([0]), REFERENCE.xy[:1], np.ones((1, 3), bool))
+    assert pck_of_tracks(perfect_frame0, REFERENCE).pck[0.2] == pytest.approx(3 / 5)  # frame 1 missing: 0 of 2
+    assert pck_of_tracks(perfect_frame0, REFERENCE, skip=[1]).pck[0.05] == 1.0
+    with pytest.raises(BenchmarkError, match="no frame"):
+        pck_of_tracks(perfect_frame0, REFERENCE, skip=[0, 1])
+
+
+def test_pck_refuses_tracks_of_other_keypoints() -> None:
+    other = Tracks(("x", "y", "z"), REFERENCE.index, REFERENCE.xy, REFERENCE.visible)
+    with pytest.raises(BenchmarkError, match="reference"):
+        pck_of_tracks(other, REFERENCE)
+
+
+def test_tracks_file_round_trip(tmp_path: Path) -> None:
+    data = {
+        "names": list(NAMES),
+        "frames": [
+            {"index": 4, "time": 0.0, "keypoints": [[1, 2], [3, 4], [5, 6]], "visible": [True, False, True]},
+        ],
+    }
+    (tmp_path / "t.json").write_text(json.dumps(data))
+    tracks = Tracks.load(tmp_path / "t.json")
+    assert tracks.names == NAMES and tracks.index.tolist() == [4]
+    np.testing.assert_array_equal(tracks.xy[0], [[1, 2], [3, 4], [5, 6]])
+    assert tracks.visible.tolist() == [[True, False, True]]
+    (tmp_path / "bad.json").write_text(json.dumps({"frames": [{"keypoints": [[1, 2]]}]}))
+    with pytest.raises(BenchmarkError, match="bad.json"):
+        Tracks.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("start", [0, 12])
+def test_optical_flow_follows_known_motion_both_ways(tmp_path: Path, start: int) -> None:
+    clip = write_clip(tmp_path, frames=24)
+    frames, _ = decode_all(clip.path)
+    xy, visible = track_optical_flow(frames, start, clip.keypoints[start])
+    assert np.linalg.norm(clip.keypoints[-1] - clip.keypoints[0], axis=1).min() > 30  # the square really moves
+    assert visible.all()
+    assert np.linalg.norm(xy - clip.keypoints, axis=2).max() < 2.5  # px, on every frame before and after start
+
+
+def test_optical_flow_freezes_points_it_loses() -> None:
+    frames = [np.zeros((40, 40, 3), np.uint8)] * 3
+    xy, visible = track_optical_flow(frames, 1, np.array([[-30.0, 10.0]]))  # outside: lost at once
+    assert visible[:, 0].tolist() == [False, True, False]
+    np.testing.assert_array_equal(xy[:, 0], [[-30, 10]] * 3)
+
+
+def test_support_frame_is_found_in_the_clip(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path, frames=12)
+    frames, _ = decode_all(clip.path)
+    support = write_support(clip, tmp_path / "s", index=7)
+    assert locate_support_frame(frames, load_image(support)) == 7
+    with pytest.raises(BenchmarkError, match="not a frame"):
+        locate_support_frame(frames, 255 - load_image(support))
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_fps_runs_end_to_end_and_writes_the_fixed_keys(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path, frames=8)
+    support = write_support(clip, tmp_path / "support")
+    checkpoint = tmp_path / "test.pt"
+    CapeModel.from_preset("test").save(checkpoint)
+    out, png = tmp_path / "fps.json", tmp_path / "fps.png"
+    argv = ["--video", str(clip.path), "--support", str(support), "--checkpoint", str(checkpoint), "--device", "cpu"]
+    argv += ["--batch", "2", "--batches", "1", "--accel", "none", "--frames", "6", "--warmup", "1", "--repeat", "1"]
+    assert fps.main([*argv, "--json", str(out), "--plot", str(png)]) == 0
+    report = json.loads(out.read_text())
+    for key in ("pipeline_fps", "overlap_ratio", "cached_vs_naive_ratio"):
+        assert report[key] > 0
+    assert report["setup"]["frames"] == 6 and report["runs"]["main"]["frames"] == 6
+    assert set(report["batch"]["fps"]) == {"1", "2"}
+    assert png.stat().st_size > 0
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_pck_tracks_command_compares_tracker_and_flow(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    clip = write_clip(tmp_path, frames=8)
+    support = write_support(clip, tmp_path / "support", index=3)
+    reference = {
+        "names": list(clip.names),
+        "frames": [{"index": t, "keypoints": clip.keypoints[t].tolist()} for t in range(clip.frames)],
+    }
+    (tmp_path / "ref.json").write_text(json.dumps(reference))
+    checkpoint = tmp_path / "test.pt"
+    CapeModel.from_preset("test").save(checkpoint)
+    out = tmp_path / "pck.json"
+    argv = ["tracks", "--video", str(clip.path), "--support", str(support), "--reference", str(tmp_path / "ref.json")]
+    assert pck.main([*argv, "--checkpoint", str(checkpoint), "--device", "cpu", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == [
+        "cape-track (model + smoother)",
+        "cape-track raw (no smoother)",
+        "LK optical flow",
+    ]
+    assert all(r["support_frame"] == 3 and r["frames"] == 7 for r in rows)  # the support's frame is left out
+    assert rows[2]["pck"]["0.1"] == 1.0  # the flow baseline on clean synthetic motion
+    assert "| LK optical flow |" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_pck_dataset_command_reports_the_official_pck(tmp_path: Path, generated_mp100: Path) -> None:
+    checkpoint = tmp_path / "test.pt"
+    CapeModel.from_preset("test").save(checkpoint)
+    out = tmp_path / "dataset.json"
+    argv = ["dataset", "--checkpoint", str(checkpoint), "--data-root", str(generated_mp100 / "images")]
+    argv += ["--ann-file", str(generated_mp100 / "annotations" / "mp100_split1_test.json")]
+    assert pck.main([*argv, "--episodes", "2", "--queries", "1", "--device", "cpu", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["pck"]) == {"0.05", "0.1", "0.2"}
+    assert all(0.0 <= v <= 1.0 for v in report["pck"].values())

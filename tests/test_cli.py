@@ -1,0 +1,230 @@
+"""cape-track CLI: outputs of a full run, one `cape-track: error:` line and exit 2 for every bad input (in-process
+and in a real subprocess), notes for fallbacks, the webcam path, and Ctrl-C in a real subprocess."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from fixtures_media import one_torch_thread, write_clip, write_support  # noqa: F401 (fixture)
+
+from model import CapeModel
+from tracker import cli
+from tracker.sinks import output_paths
+from tracker.sources import WebcamSource
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny-model calls on one thread (see fixtures_media)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "test.pt"
+    torch.manual_seed(0)
+    CapeModel.from_preset("test", input_size=128).save(path)
+    return path
+
+
+@pytest.fixture
+def inputs(tmp_path: Path):
+    clip = write_clip(tmp_path, frames=5)
+    return clip, write_support(clip, tmp_path / "support")
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str], str]:
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.err.splitlines(), captured.out
+
+
+def test_tracks_a_video_into_the_three_files(inputs, checkpoint, tmp_path, capsys) -> None:
+    clip, ref = inputs
+    out = tmp_path / "results"
+    code, err, stdout = _run([clip.path, "--support", ref, "--checkpoint", checkpoint, "--out", out], capsys)
+    assert code == 0 and err == []
+    assert "5 frames" in stdout and str(out) in stdout
+    paths = output_paths(out, "clip")
+    data = json.loads(paths["json"].read_text())
+    assert data["names"] == list(clip.names) and len(data["frames"]) == 5 and data["video"] == str(clip.path)
+    rows = list(csv.reader(paths["csv"].open()))
+    assert rows[0][:5] == ["frame", "time", "top_left_x", "top_left_y", "top_left_score"] and len(rows) == 6
+    with av.open(str(paths["video"])) as container:
+        assert len(list(container.decode(video=0))) == 5
+
+
+def test_options_that_change_the_path_still_finish(inputs, checkpoint, tmp_path, capsys) -> None:
+    clip, ref = inputs
+    base = [clip.path, "--support", ref, "--checkpoint", checkpoint, "--device", "cpu"]
+    code, err, _ = _run([*base, "--out", tmp_path / "a", "--offline", "--batch", "2", "--accel", "tensorrt"], capsys)
+    assert code == 0 and err == ["cape-track: note: tensorrt needs a CUDA device; running eager"]
+    code, err, _ = _run(
+        [*base, "--out", tmp_path / "b", "--no-smooth", "--keypoints", ref.with_suffix(".json")], capsys
+    )
+    assert code == 0 and err == []
+
+
+def _bad_inputs(tmp_path: Path, clip, ref: Path, checkpoint: Path) -> dict[str, tuple[list, str]]:
+    """name -> (argv, expected message fragment) for every bad input the CLI must explain in one line."""
+    good = ["--support", ref, "--checkpoint", checkpoint, "--out", tmp_path / "out"]
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "notes.mp4").write_text("not a video\n" * 20)
+    (tmp_path / "cut.mp4").write_bytes(clip.path.read_bytes()[: clip.path.stat().st_size // 2])
+    (tmp_path / "garbage.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (tmp_path / "garbage.json").write_text(ref.with_suffix(".json").read_text())
+    lonely = tmp_path / "lonely.png"
+    lonely.write_bytes(ref.read_bytes())
+    broken_json = tmp_path / "broken.json"
+    broken_json.write_text('{"keypoints": [[1, 2],')
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"keypoints": [[1000, 2]]}))
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    state = torch.load(checkpoint, weights_only=True)
+    state["state_dict"].pop(next(iter(state["state_dict"])))
+    torch.save(state, tmp_path / "misfit.pt")
+    (tmp_path / "a_file").write_text("x")
+    video = clip.path
+    cases = {
+        "missing video": ([tmp_path / "nope.mp4", *good], "nope.mp4: no such file"),
+        "empty video": ([tmp_path / "empty.mp4", *good], "empty file"),
+        "not a video": ([tmp_path / "notes.mp4", *good], "not a readable video file"),
+        "truncated video": ([tmp_path / "cut.mp4", *good], "not a readable video file"),
+        "missing support": ([video, "--support", tmp_path / "none.jpg"], "none.jpg: no such image file"),
+        "unreadable support": ([video, "--support", tmp_path / "garbage.jpg"], "not an image"),
+        "no keypoint file": ([video, "--support", lonely], "lonely.json: no such keypoint file"),
+        "malformed keypoints": ([video, "--support", ref, "--keypoints", broken_json], "not valid JSON"),
+        "keypoint outside": ([video, "--support", ref, "--keypoints", outside], "lies outside"),
+        "keypoint file count": (
+            [video, "--support", ref, "--support", ref, *["--keypoints", outside] * 3],
+            "3 keypoint files for 2 images",
+        ),
+        "missing checkpoint": ([video, "--support", ref, "--checkpoint", tmp_path / "no.pt"], "no such checkpoint"),
+        "not a checkpoint": ([video, "--support", ref, "--checkpoint", tmp_path / "text.pt"], "not a PyTorch"),
+        "checkpoint misfit": ([video, "--support", ref, "--checkpoint", tmp_path / "misfit.pt"], "does not fit"),
+        "unwritable out": ([video, *good[:4], "--out", tmp_path / "a_file" / "sub"], "cannot write results there"),
+        "unknown device": ([video, *good, "--device", "tpu"], "device tpu: unknown"),
+        "no input": ([*good], "give a VIDEO"),
+        "video and webcam": ([video, "--webcam", "0", *good], "not both"),
+        "no support": ([video], "--support IMAGE is required"),
+        "batch zero": ([video, *good, "--batch", "0"], "0 is not >= 1"),
+        "unknown accel": ([video, *good, "--accel", "warp"], "invalid choice: 'warp'"),
+        "unknown flag": ([video, *good, "--fast"], "unrecognized arguments: --fast"),
+        "offline webcam": (["--webcam", "0", *good, "--offline"], "--offline needs a file"),
+        "offline raw": ([video, *good, "--offline", "--no-smooth"], "drop --no-smooth"),
+        "record a file": ([video, *good, "--record", tmp_path], "--record is for --webcam"),
+        "no webcam": (
+            ["--webcam", "97", "--support", ref, "--record", tmp_path / "rec"],
+            "webcam 97: cannot be opened",
+        ),
+        "show without display": ([video, *good, "--show"], "no display available"),
+        "webcam without display": (["--webcam", "0", "--support", ref], "add --record DIR"),
+    }
+    if not torch.cuda.is_available():
+        cases["no cuda"] = ([video, *good, "--device", "cuda"], "CUDA is not available")
+    return cases
+
+
+def test_every_bad_input_is_one_line_and_exit_2(inputs, checkpoint, tmp_path, capfd, monkeypatch) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr("sys.platform", "linux")
+    clip, ref = inputs
+    for name, (argv, message) in _bad_inputs(tmp_path, clip, ref, checkpoint).items():
+        code = cli.main([str(a) for a in argv])
+        err = capfd.readouterr().err.splitlines()
+        assert code == 2, name
+        assert len(err) == 1 and err[0].startswith("cape-track: error: "), (name, err)
+        assert message in err[0], (name, err[0])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing written
+
+
+@pytest.mark.slow
+def test_bad_input_in_a_real_process(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", str(tmp_path / "missing.mp4"), "--support", str(tmp_path / "r.jpg")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"cape-track: error: {tmp_path / 'r.jpg'}: no such image file (check the path)"]
+
+
+def test_help_exits_0(capsys) -> None:
+    assert cli.main(["--help"]) == 0
+    assert "--support" in capsys.readouterr().out
+
+
+class _Camera:
+    def __init__(self, index: int) -> None:
+        self.count = 0
+
+    def isOpened(self) -> bool:  # noqa: N802
+        return True
+
+    def read(self):
+        self.count += 1
+        time.sleep(0.005)
+        return self.count <= 12, np.full((48, 64, 3), 10 * self.count % 256, np.uint8)
+
+    def get(self, prop: int) -> float:
+        return 30.0
+
+    def release(self) -> None:
+        pass
+
+
+def test_webcam_records_without_a_display(inputs, checkpoint, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr("sys.platform", "linux")
+    monkeypatch.setattr(cli, "WebcamSource", lambda index: WebcamSource(index, open_capture=_Camera))
+    _, ref = inputs
+    code, err, _ = _run(["--webcam", "0", "--support", ref, "--checkpoint", checkpoint, "--record", tmp_path], capsys)
+    assert code == 0
+    assert err == ["cape-track: note: no display: recording without a window (Ctrl-C stops)"]
+    data = json.loads(output_paths(tmp_path, "webcam0")["json"].read_text())
+    assert 1 <= len(data["frames"]) <= 12 and (data["width"], data["height"]) == (64, 48)
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_valid_files_and_says_how_far_it_got(checkpoint, tmp_path: Path) -> None:
+    clip = write_clip(tmp_path, frames=300)
+    ref = write_support(clip, tmp_path / "support")
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tracker.cli", str(clip.path), "--support", str(ref), "--checkpoint", str(checkpoint)]
+        + ["--out", str(out), "--batch", "1"],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    paths = output_paths(out, "clip")
+    deadline = time.monotonic() + 120
+    while not (paths["csv"].exists() and len(paths["csv"].read_text().splitlines()) > 3):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    last = stderr.splitlines()[-1]
+    assert last.startswith("cape-track: interrupted after ") and last.endswith(f"frames; partial results in {out}/")
+    frames = int(last.split("after ")[1].split(" frames")[0])
+    assert 3 <= frames < 300
+    data = json.loads(paths["json"].read_text())
+    assert [f["index"] for f in data["frames"]] == list(range(frames))
+    assert len(paths["csv"].read_text().splitlines()) == frames + 1
+    with av.open(str(paths["video"])) as container:
+        assert len(list(container.decode(video=0))) == frames

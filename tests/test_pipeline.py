@@ -1,0 +1,260 @@
+"""Tracker: every frame once and in order, `run` is the loop over `step`, the support is encoded once, ROI crops
+map back to frame pixels, sinks stay valid when a run stops early, offline smoothing, and (with the embedded
+weights) accuracy on a clip with known motion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import av
+import numpy as np
+import pytest
+import torch
+from fixtures_media import one_torch_thread, write_clip, write_support  # noqa: F401 (fixture)
+from torch import nn
+
+from model import CapeModel, SupportEmbedding, SupportSet
+from model.transforms import denormalize_images
+from tracker.errors import SourceError
+from tracker.pipeline import Tracker, TrackerConfig
+from tracker.roi import whole_frame
+from tracker.sinks import Sink, file_sinks, output_paths
+from tracker.smoothing import SmootherConfig
+from tracker.sources import Frame, VideoFileSource, WebcamSource
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "model" / "weights" / "default.pt"
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny-model calls on one thread (see fixtures_media)
+
+
+def tiny_model() -> CapeModel:
+    """The random `test` preset at a 128 px input, so each call costs milliseconds on a shared CPU."""
+    return CapeModel.from_preset("test", input_size=128)
+
+
+@pytest.fixture
+def clip(tmp_path: Path):
+    return write_clip(tmp_path, frames=6)
+
+
+@pytest.fixture
+def support(clip, tmp_path: Path) -> SupportSet:
+    return SupportSet.from_files([write_support(clip, tmp_path / "support")])
+
+
+def test_run_yields_every_frame_once_in_order(clip, support) -> None:
+    tracker = Tracker(tiny_model(), support, TrackerConfig(batch=4))
+    seen = []
+    with VideoFileSource(clip.path) as source:
+        results = list(tracker.run(source, progress=lambda done, total: seen.append((done, total))))
+    assert [r.index for r in results] == list(range(6))
+    np.testing.assert_allclose([r.time for r in results], clip.times)
+    for r in results:
+        assert r.xy_frame.shape == (5, 2) and r.scores.shape == (5,) and r.visible.dtype == bool
+        assert np.isfinite(r.xy_frame).all() and ((r.scores >= 0) & (r.scores <= 1)).all()
+    assert results[0].box == whole_frame(160, 120)
+    assert seen == [(i, 6) for i in range(1, 7)]
+    times = tracker.times
+    assert times.frames == 6 and times.decode > 0 and times.model > 0 and times.wall > 0
+    assert set(times.fps()) >= {"decode", "model", "prepare", "wall"}
+
+
+def test_run_is_the_loop_over_step(clip, support) -> None:
+    tracker = Tracker(tiny_model(), support, TrackerConfig(batch=2))
+    with VideoFileSource(clip.path) as source:
+        from_run = list(tracker.run(source))
+        state = tracker.init_state(source.fps)
+    with VideoFileSource(clip.path) as source:
+        frames = list(source)
+    from_step = []
+    for start in range(0, 6, 2):
+        results, state = tracker.step(frames[start : start + 2], state)
+        from_step += results
+    assert state.frames_done == 6 and state.last_index == 5
+    for a, b in zip(from_run, from_step, strict=True):
+        np.testing.assert_array_equal(a.xy_frame, b.xy_frame)
+        np.testing.assert_array_equal(a.visible, b.visible)
+        assert a.box == b.box
+
+
+def test_support_is_encoded_once(clip, support, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model()
+    calls = []
+    original = model.encode_support
+    monkeypatch.setattr(model, "encode_support", lambda *a, **k: calls.append(1) or original(*a, **k))
+    tracker = Tracker(model, support, TrackerConfig(batch=2))
+    with VideoFileSource(clip.path) as source:
+        assert len(list(tracker.run(source))) == 6
+    assert len(calls) == 1
+
+
+class DotFinder(nn.Module):
+    """A stand-in network: one keypoint at the brightness-weighted centre of its input, score 1."""
+
+    input_size = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.inputs: list[torch.Tensor] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.anchor.device
+
+    def predict(self, images: torch.Tensor, support: SupportEmbedding) -> SimpleNamespace:
+        gray = denormalize_images(images).float().mean(dim=1)  # [B, S, S]
+        gray = torch.where(gray > 20, gray, torch.zeros_like(gray))
+        s = self.input_size
+        ys, xs = torch.meshgrid(torch.arange(s).float(), torch.arange(s).float(), indexing="ij")
+        total = gray.sum(dim=(1, 2))
+        xy = torch.stack([(gray * xs).sum(dim=(1, 2)) / total, (gray * ys).sum(dim=(1, 2)) / total], dim=-1)
+        self.inputs.append(images)
+        return SimpleNamespace(keypoints=xy[:, None], scores=torch.ones(len(images), 1))
+
+
+def _dot_frame(index: int, xy: np.ndarray) -> Frame:
+    """A 320x240 frame, black but for a Gaussian blob centred at `xy` (sub-pixel)."""
+    ys, xs = np.mgrid[0:240, 0:320]
+    blob = 255 * np.exp(-((xs - xy[0]) ** 2 + (ys - xy[1]) ** 2) / (2 * 2.0**2))
+    return Frame(index, index / 25, np.repeat(blob[..., None], 3, axis=-1).round().astype(np.uint8))
+
+
+def test_roi_crops_map_back_to_frame_pixels() -> None:
+    """The blob is found through each frame's crop; after the first frame the crop is small (the blob is
+    magnified), and the keypoints mapped back to the frame land on the blob."""
+    embedding = SupportEmbedding(torch.zeros(1, 1, 4), torch.zeros(1, 1, dtype=torch.bool), torch.zeros(1, 2, 1, 1))
+    model = DotFinder()
+    config = TrackerConfig(batch=1, smooth=False)
+    tracker = Tracker(model, embedding, config, names=["dot"])
+    state = tracker.init_state(fps=25.0)
+    truth = np.array([[60.3, 50.6], [64.1, 53.2], [68.8, 55.9], [73.2, 59.4], [77.9, 62.1]])
+    for i, xy in enumerate(truth):
+        (result,), state = tracker.step([_dot_frame(i, xy)], state)
+        assert np.abs(result.xy_frame[0] - xy).max() < 0.3 * max(1.0, result.box.size / 64)
+        if i:
+            assert result.box.size < 100  # followed the blob instead of the whole frame
+            assert np.abs(result.xy_frame[0] - xy).max() < 0.3
+    assert len(model.inputs) == 5
+
+
+class _StopAfter(Sink):
+    def __init__(self, frames: int) -> None:
+        self.frames, self.count, self.closed = frames, 0, False
+
+    def open(self, info) -> None:
+        pass
+
+    def write(self, frame, result) -> None:
+        self.count += 1
+        self.stop_requested = self.count >= self.frames
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_sink_can_stop_the_run(clip, support) -> None:
+    stopper = _StopAfter(3)
+    tracker = Tracker(tiny_model(), support, TrackerConfig(batch=2))
+    with VideoFileSource(clip.path) as source:
+        assert len(list(tracker.run(source, [stopper]))) == 3
+    assert stopper.closed
+
+
+def _check_outputs(out: Path, frames: int) -> None:
+    paths = output_paths(out, "clip")
+    data = json.loads(paths["json"].read_text())
+    assert [f["index"] for f in data["frames"]] == list(range(frames))
+    assert len(paths["csv"].read_text().splitlines()) == frames + 1
+    with av.open(str(paths["video"])) as container:
+        assert len(list(container.decode(video=0))) == frames
+
+
+class _BrokenAfter(VideoFileSource):
+    def _produce(self):
+        for frame in super()._produce():
+            if frame.index == 4:
+                raise av.InvalidDataError(1094995529, "Invalid data found when processing input")
+            yield frame
+
+
+def test_files_stay_valid_when_decoding_fails_mid_run(clip, support, tmp_path: Path) -> None:
+    tracker = Tracker(tiny_model(), support, TrackerConfig(batch=1))
+    done = []
+    with _BrokenAfter(clip.path) as source, pytest.raises(SourceError, match="cannot decode frame 4"):
+        for result in tracker.run(source, file_sinks(tmp_path / "out", "clip")):
+            done.append(result)
+    assert len(done) == tracker.times.frames == 4
+    _check_outputs(tmp_path / "out", 4)
+
+
+def test_files_stay_valid_on_ctrl_c(clip, support, tmp_path: Path) -> None:
+    def interrupt(done: int, total: int | None) -> None:
+        if done == 3:
+            raise KeyboardInterrupt
+
+    tracker = Tracker(tiny_model(), support, TrackerConfig(batch=2))
+    with VideoFileSource(clip.path) as source, pytest.raises(KeyboardInterrupt):
+        list(tracker.run(source, file_sinks(tmp_path / "out", "clip"), progress=interrupt))
+    _check_outputs(tmp_path / "out", 3)
+
+
+def test_raw_mode_reports_network_keypoints(clip, support) -> None:
+    config = TrackerConfig(batch=3, smooth=False)
+    tracker = Tracker(tiny_model(), support, config)
+    with VideoFileSource(clip.path) as source:
+        for result in tracker.run(source):
+            np.testing.assert_array_equal(result.visible, result.scores >= config.smoother.min_score)
+
+
+def test_offline_pass_smooths_every_frame(clip, support) -> None:
+    model = tiny_model()
+    # a visibility threshold of 0 makes the random network's keypoints count, so the RTS pass has work to do
+    config = TrackerConfig(batch=3, offline=True, smoother=SmootherConfig(min_score=0.0, flow=False))
+    progress = []
+    with VideoFileSource(clip.path) as source:
+        offline = list(Tracker(model, support, config).run(source, progress=lambda d, t: progress.append(d)))
+    with VideoFileSource(clip.path) as source:
+        forward = list(Tracker(model, support, TrackerConfig(batch=3, smoother=config.smoother)).run(source))
+    assert [r.index for r in offline] == list(range(6))
+    assert progress == list(range(1, 13))  # both passes
+    np.testing.assert_allclose(offline[-1].xy_frame, forward[-1].xy_frame)  # the last frame has no future
+    assert not np.allclose(offline[0].xy_frame, forward[0].xy_frame)
+
+
+def test_offline_needs_a_file(support) -> None:
+    class Camera:
+        def __init__(self, index: int) -> None:
+            self.count = 0
+
+        def isOpened(self) -> bool:  # noqa: N802
+            return True
+
+        def read(self):
+            self.count += 1
+            return self.count < 50, np.zeros((48, 64, 3), np.uint8)
+
+        def get(self, prop: int) -> float:
+            return 0.0
+
+        def release(self) -> None:
+            pass
+
+    tracker = Tracker(tiny_model(), support, TrackerConfig(offline=True))
+    with WebcamSource(0, open_capture=Camera) as camera, pytest.raises(SourceError, match="cannot be read twice"):
+        list(tracker.run(camera))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="the embedded default model is not trained yet")
+def test_tracks_follow_known_motion_with_the_default_model(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path, frames=24, size=(320, 240))
+    support = SupportSet.from_files([write_support(clip, tmp_path / "support")])
+    tracker = Tracker(CapeModel.from_checkpoint(None), support, TrackerConfig(batch=4))
+    with VideoFileSource(clip.path) as source:
+        results = list(tracker.run(source))
+    errors = np.array([np.linalg.norm(r.xy_frame - clip.keypoints[r.index], axis=1) for r in results])
+    assert np.median(errors) < 3.0 and errors.mean() < 4.0

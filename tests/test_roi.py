@@ -1,0 +1,70 @@
+"""ROI follow: the crop covers the keypoints with a margin, is square and inside the frame, falls back to the whole
+frame, and crops map back to frame coordinates exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.transforms import SquareBox, crop_to_input, frame_to_input, input_to_frame
+from tracker.roi import RoiConfig, follow, whole_frame
+
+CONFIG = RoiConfig(margin=0.25, min_side=0.05, min_visible=0.5)
+
+
+def _inside(box: SquareBox, width: int, height: int) -> bool:
+    return box.x0 >= 0 and box.y0 >= 0 and box.x0 + box.size <= width and box.y0 + box.size <= height
+
+
+def test_box_covers_the_keypoints_with_margin() -> None:
+    xy = np.array([[100.0, 80.0], [140.0, 90.0], [120.0, 110.0]])
+    box = follow(xy, np.ones(3, bool), 640, 480, CONFIG)
+    assert box.size == pytest.approx(40 * 1.5)
+    assert box.center == pytest.approx((120.0, 95.0))
+    assert _inside(box, 640, 480)
+
+
+def test_box_is_clamped_into_the_frame() -> None:
+    xy = np.array([[2.0, 3.0], [30.0, 20.0]])
+    box = follow(xy, np.ones(2, bool), 640, 480, CONFIG)
+    assert (box.x0, box.y0) == (0.0, 0.0) and _inside(box, 640, 480)
+    far = follow(xy + [615.0, 460.0], np.ones(2, bool), 640, 480, CONFIG)
+    assert far.x0 + far.size == 640 and far.y0 + far.size == 480
+
+
+def test_box_has_a_minimum_side_and_never_exceeds_the_frame() -> None:
+    one_point = follow(np.array([[50.0, 50.0], [50.0, 50.0]]), np.ones(2, bool), 640, 480, CONFIG)
+    assert one_point.size == pytest.approx(32.0)  # 5 % of the longer side
+    huge = follow(np.array([[0.0, 0.0], [639.0, 479.0]]), np.ones(2, bool), 640, 480, CONFIG)
+    assert huge == whole_frame(640, 480)
+
+
+def test_too_few_visible_keypoints_means_whole_frame() -> None:
+    xy = np.array([[100.0, 80.0], [140.0, 90.0], [120.0, 110.0], [130.0, 100.0]])
+    assert follow(xy, np.array([True, False, False, False]), 640, 480, CONFIG) == whole_frame(640, 480)
+    assert follow(xy, np.array([True, True, False, False]), 640, 480, CONFIG) != whole_frame(640, 480)
+
+
+def test_velocity_widens_the_box_towards_the_motion() -> None:
+    xy = np.array([[100.0, 100.0], [120.0, 120.0]])
+    still = follow(xy, np.ones(2, bool), 640, 480, CONFIG)
+    moving = follow(xy, np.ones(2, bool), 640, 480, CONFIG, velocity=np.full((2, 2), 5.0), ahead=4)
+    assert moving.center[0] > still.center[0] and moving.size > still.size
+    low, high = moving.x0, moving.x0 + moving.size
+    assert low <= 100 and high >= 140
+
+
+@pytest.mark.parametrize("box", [SquareBox(30.5, 12.25, 57.0), whole_frame(160, 120), SquareBox(-20, -10, 300)])
+def test_crop_maps_back_to_the_frame_exactly(box: SquareBox) -> None:
+    """A bright dot at a known frame position appears in the crop where frame_to_input says, and input_to_frame
+    takes that position back to the dot."""
+    frame = np.zeros((120, 160, 3), np.uint8)
+    dot = np.array([52.0, 40.0])
+    frame[40, 52] = 255
+    crop = crop_to_input(frame, box, 256)
+    ys, xs = np.nonzero(crop[..., 0].astype(float) > 0)
+    weights = crop[ys, xs, 0].astype(float)
+    found_input = np.array([np.average(xs, weights=weights), np.average(ys, weights=weights)])
+    expected_input = frame_to_input(dot, box, 256)
+    assert np.abs(found_input - expected_input).max() < 0.5 * max(1.0, 256 / box.size)
+    np.testing.assert_allclose(input_to_frame(expected_input, box, 256), dot, atol=1e-9)

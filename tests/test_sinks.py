@@ -1,0 +1,178 @@
+"""Sinks: the exact JSON/CSV formats of DESIGN.md, files valid after every frame, and an H.264 video of the right
+frame count and (even) size."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from model.transforms import SquareBox
+from tracker.errors import SinkError
+from tracker.pipeline import FrameResult
+from tracker.sinks import CsvSink, JsonSink, TrackInfo, VideoSink, WindowSink, file_sinks, output_paths
+from tracker.sources import Frame
+
+NAMES = ("nose", "left_eye", "tail, tip")
+
+
+def _info(width: int = 64, height: int = 48) -> TrackInfo:
+    return TrackInfo("clip.mp4", 25.0, width, height, NAMES, ((0, 1), (1, 2)))
+
+
+def _frames(count: int, width: int = 64, height: int = 48, times: list[float] | None = None):
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        t = times[i] if times else i / 25
+        xy = rng.uniform(0, min(width, height), (3, 2))
+        result = FrameResult(i, t, xy, np.array([0.9, 0.5, 0.1]), np.array([True, True, False]), SquareBox(0, 0, 64))
+        yield Frame(i, t, np.full((height, width, 3), 40, np.uint8)), result
+
+
+def test_json_has_the_design_schema_and_is_valid_after_every_frame(tmp_path: Path) -> None:
+    sink = JsonSink(tmp_path / "clip.keypoints.json", every=2)
+    sink.open(_info())
+    assert json.loads(sink.path.read_text())["frames"] == []
+    written = []
+    for frame, result in _frames(7):
+        sink.write(frame, result)
+        written.append(result)
+        on_disk = json.loads(sink.path.read_text())  # valid JSON at any moment
+        assert len(on_disk["frames"]) <= len(written)
+    sink.close()
+    data = json.loads(sink.path.read_text())
+    assert list(data) == ["video", "fps", "width", "height", "names", "skeleton", "frames"]
+    assert data["video"] == "clip.mp4" and data["fps"] == 25.0 and (data["width"], data["height"]) == (64, 48)
+    assert data["names"] == list(NAMES) and data["skeleton"] == [[0, 1], [1, 2]]
+    assert len(data["frames"]) == 7
+    for record, result in zip(data["frames"], written, strict=True):
+        assert list(record) == ["index", "time", "keypoints", "scores", "visible"]
+        assert record["index"] == result.index and record["time"] == pytest.approx(result.time)
+        np.testing.assert_allclose(record["keypoints"], result.xy_frame, atol=1e-3)
+        np.testing.assert_allclose(record["scores"], result.scores, atol=1e-4)
+        assert record["visible"] == [True, True, False]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_json_rewrites_grow_geometrically(tmp_path: Path) -> None:
+    sink = JsonSink(tmp_path / "t.json", every=4)
+    sink.open(_info())
+    saved = []
+    for frame, result in _frames(60):
+        sink.write(frame, result)
+        saved.append(len(json.loads(sink.path.read_text())["frames"]))
+    sink.close()
+    checkpoints = sorted(set(saved))
+    gaps = np.diff(checkpoints)
+    assert checkpoints[:3] == [0, 4, 8] and gaps.max() > 4  # every 4 frames at first, then 25 % more each time
+    assert len(json.loads(sink.path.read_text())["frames"]) == 60
+
+
+def test_csv_columns_and_rows(tmp_path: Path) -> None:
+    sink = CsvSink(tmp_path / "t.csv")
+    sink.open(_info())
+    results = []
+    for frame, result in _frames(3):
+        sink.write(frame, result)
+        results.append(result)
+        assert len(sink.path.read_text().splitlines()) == len(results) + 1  # flushed per row
+    sink.close()
+    rows = list(csv.reader(sink.path.open()))
+    expected = ["frame", "time"] + [f"{n}_{f}" for n in NAMES for f in ("x", "y", "score")]
+    assert rows[0] == expected
+    for row, result in zip(rows[1:], results, strict=True):
+        assert int(row[0]) == result.index and float(row[1]) == pytest.approx(result.time)
+        values = np.array(row[2:], float).reshape(3, 3)
+        np.testing.assert_allclose(values[:, :2], result.xy_frame, atol=1e-3)
+        np.testing.assert_allclose(values[:, 2], result.scores, atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [(64, 48), (65, 47)])
+def test_video_has_every_frame_at_an_even_size(tmp_path: Path, size: tuple[int, int]) -> None:
+    width, height = size
+    sink = VideoSink(tmp_path / "t.tracked.mp4")
+    sink.open(_info(width, height))
+    times = [0.0, 0.04, 0.1, 0.12, 0.3, 0.31, 0.4, 0.5, 0.6]
+    for frame, result in _frames(9, width, height, times):
+        sink.write(frame, result)
+    sink.close()
+    with av.open(str(sink.path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        decoded = list(container.decode(stream))
+    assert len(decoded) == 9
+    assert {(f.width, f.height) for f in decoded} == {(width + width % 2, height + height % 2)}
+    assert {f.format.name for f in decoded} == {"yuv420p"}
+    np.testing.assert_allclose([f.time for f in decoded], times, atol=2e-3)  # variable frame rate kept
+    assert sink.frames_written == 9 and sink.busy_seconds > 0
+
+
+def test_video_sink_draws_the_overlay(tmp_path: Path) -> None:
+    sink = VideoSink(tmp_path / "t.mp4", crf=0)
+    sink.open(_info())
+    frame, result = next(_frames(1))
+    sink.write(frame, result)
+    sink.close()
+    with av.open(str(sink.path)) as container:
+        image = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    assert np.abs(image.astype(int) - 40).max() > 100  # keypoints drawn on the flat grey frame
+
+
+def test_file_sinks_write_the_three_output_paths(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "folder"
+    sinks = file_sinks(out, "clip")
+    assert {s.path for s in sinks} == set(output_paths(out, "clip").values())
+    assert output_paths(out, "clip")["video"] == out / "clip.tracked.mp4"
+    for sink in sinks:
+        sink.open(_info())
+    for frame, result in _frames(1):
+        for sink in sinks:
+            sink.write(frame, result)
+    for sink in sinks:
+        sink.close()
+    assert all(p.exists() for p in output_paths(out, "clip").values())
+
+
+def test_video_without_frames_leaves_no_file(tmp_path: Path) -> None:
+    sink = VideoSink(tmp_path / "t.mp4")
+    sink.open(_info())
+    assert sink.path.exists()
+    sink.close()
+    assert not sink.path.exists()
+
+
+def test_unwritable_destination_is_a_sink_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for sink in (JsonSink(blocker / "t.json"), CsvSink(blocker / "t.csv"), VideoSink(blocker / "t.mp4")):
+        with pytest.raises(SinkError, match="cannot create the output folder"):
+            sink.open(_info())
+
+
+def test_window_without_display_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr("sys.platform", "linux")
+    with pytest.raises(SinkError, match="no display available"):
+        WindowSink().open(_info())
+
+
+def test_video_encoding_failure_is_reported_once_and_the_file_closed(tmp_path: Path, monkeypatch) -> None:
+    sink = VideoSink(tmp_path / "t.mp4", queue_size=1)
+    sink.open(_info())
+    frames = _frames(6)
+    frame, result = next(frames)
+    sink.write(frame, result)
+
+    def broken(*args) -> None:
+        raise RuntimeError("encoder exploded")
+
+    monkeypatch.setattr(sink, "_encode", broken)
+    with pytest.raises(SinkError, match="video encoding failed \\(encoder exploded\\)"):
+        for frame, result in frames:
+            sink.write(frame, result)
+    sink.close()  # already reported: closes the container without raising again

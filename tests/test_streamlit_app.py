@@ -1,0 +1,373 @@
+"""The Streamlit page: annotation edits (streamlit_app/state.py), the background tracking job (job.py) and the page
+flows through Streamlit's AppTest (app.py): clicks, names, undo, skeleton, save/load, tracking a generated clip,
+and every bad input shown as a message, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fixtures_media import Clip, one_torch_thread, write_clip, write_support  # noqa: F401 (fixture)
+from streamlit.testing.v1 import AppTest
+
+from model import CapeModel, KeypointFile, SupportFileError, SupportSet
+from streamlit_app.job import JobState, TrackingJob
+from streamlit_app.state import Annotation, AnnotationError, History, pointer_edit
+from tracker import TrackerConfig
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _shot(size: tuple[int, int] = (160, 120)) -> Annotation:
+    return Annotation().add_shot(Path("ref.png"), "ref.png", size)
+
+
+def _click(x: float, y: float, width: int = 160, height: int = 120, t: int = 0) -> dict:
+    return {"x1": x, "y1": y, "x2": x, "y2": y, "width": width, "height": height, "unix_time": t}
+
+
+# ---------------------------------------------------------------------------------------------------- state.py
+def test_clicks_place_keypoints_in_order_and_map_display_to_image_pixels() -> None:
+    a = _shot()
+    a = pointer_edit(a, 0, _click(10, 20))  # shown at natural size
+    a = pointer_edit(a, 0, _click(99.5, 59.5, width=320, height=240))  # shown twice as large
+    assert a.names == ("kp0", "kp1")
+    assert a.shots[0].xy == ((10.0, 20.0), (49.5, 29.5))  # pixel centres map to pixel centres
+    assert a.shots[0].visible == (True, True)
+    a = pointer_edit(a, 0, _click(5000, -30))
+    assert a.shots[0].xy[2] == (159.0, 0.0)  # clamped into the image
+
+
+def test_drag_moves_the_grabbed_keypoint_and_ignores_drags_elsewhere() -> None:
+    a = pointer_edit(_shot(), 0, _click(50, 50))
+    a = pointer_edit(a, 0, _click(100, 50))
+    drag = {"x1": 52, "y1": 48, "x2": 70, "y2": 90, "width": 160, "height": 120, "unix_time": 1}
+    moved = pointer_edit(a, 0, drag)
+    assert moved.shots[0].xy == ((70.0, 90.0), (100.0, 50.0))
+    nowhere = {**drag, "x1": 10, "y1": 110}
+    assert pointer_edit(a, 0, nowhere) == a
+
+
+def test_delete_renumbers_the_skeleton_and_every_shot() -> None:
+    a = _shot()
+    for x in (10, 40, 70, 100):
+        a = a.place(0, (x, 30))
+    a = a.link(0, 1).link(1, 2).link(2, 3).link(3, 0).link(1, 0)  # the last one exists already
+    assert a.skeleton == ((0, 1), (1, 2), (2, 3), (3, 0))
+    a = a.add_shot(Path("b.png"), "b.png", (80, 60)).place(1, (5, 5))
+    a = a.delete(1)
+    assert a.names == ("kp0", "kp2", "kp3")
+    assert a.ids == (0, 2, 3)
+    assert a.skeleton == ((1, 2), (2, 0))
+    assert a.shots[1].xy == ((5.0, 5.0), None, None)
+    assert a.place(0, (1, 1)).names == ("kp0", "kp2", "kp3", "kp4")  # a fresh name, never a taken one
+
+
+def test_k_shot_clicks_follow_the_keypoint_list_and_only_shared_points_are_usable() -> None:
+    a = _shot()
+    for x in (10, 40, 70):
+        a = a.place(0, (x, 30))
+    a = a.add_shot(Path("b.png"), "b.png", (80, 60))
+    assert a.shots[1].next_unplaced() == 0
+    a = a.place(1, (1, 2)).place(1, (3, 4))
+    assert a.shots[1].xy == ((1.0, 2.0), (3.0, 4.0), None)
+    a = a.set_visible(0, 1, False)
+    assert a.usable().tolist() == [True, False, False]
+    a = a.place(1, (5, 6)).place(1, (7, 8))  # all placed on shot 1: a new keypoint, unplaced on shot 0
+    assert a.names == ("kp0", "kp1", "kp2", "kp3") and a.shots[0].xy[3] is None
+    images = [np.zeros((120, 160, 3), np.uint8), np.zeros((60, 80, 3), np.uint8)]
+    support = a.support_set(images)
+    assert support.shots == 2 and support.num_keypoints == 4
+    assert support.visible.tolist() == [[True, False, True, False], [True, True, True, True]]
+
+
+def test_too_few_keypoints_and_bad_names_are_annotation_errors() -> None:
+    a = _shot()
+    with pytest.raises(AnnotationError, match="too few keypoints"):
+        a.support_set([np.zeros((120, 160, 3), np.uint8)])
+    a = a.place(0, (1, 1)).place(0, (2, 2))
+    with pytest.raises(AnnotationError, match="already used"):
+        a.rename(1, "kp0")
+    with pytest.raises(AnnotationError, match="empty"):
+        a.rename(1, "  ")
+    with pytest.raises(AnnotationError, match="itself"):
+        a.link(1, 1)
+    assert a.rename(1, " tail ").names == ("kp0", "tail")
+
+
+def test_keypoint_file_round_trip(tmp_path: Path) -> None:
+    a = _shot()
+    for x in (10, 40, 70):
+        a = a.place(0, (x, 30.25))
+    a = a.rename(0, "nose").link(0, 2).set_visible(0, 1, False)
+    a.keypoint_file(0).save(tmp_path / "ref.json")
+    loaded = KeypointFile.load(tmp_path / "ref.json", image_size=(160, 120))
+    back = _shot().with_file(0, loaded)
+    assert (back.names, back.skeleton, back.shots[0].xy, back.shots[0].visible) == (
+        a.names,
+        a.skeleton,
+        a.shots[0].xy,
+        a.shots[0].visible,
+    )
+
+
+def test_loading_another_keypoint_list_is_refused_on_a_k_shot_support() -> None:
+    other = KeypointFile.from_arrays([[1, 1], [2, 2]], names=["a", "b"], source="other.json")
+    a = _shot().place(0, (5, 5)).add_shot(Path("b.png"), "b.png", (80, 60))
+    with pytest.raises(AnnotationError, match="other.json: its keypoints"):
+        a.with_file(1, other)
+    with pytest.raises(SupportFileError, match="outside"):
+        _shot((2, 2)).with_file(0, other)
+
+
+def test_history_undo() -> None:
+    h = History()
+    h.apply(_shot())
+    h.apply(h.current.place(0, (3, 4)))
+    h.apply(h.current)  # no change, no step
+    assert len(h.past) == 2
+    h.undo()
+    assert h.current.num_keypoints == 0 and h.can_undo
+    h.undo()
+    h.undo()
+    assert h.current == Annotation() and not h.can_undo
+
+
+# ---------------------------------------------------------------------------------------------------- job.py
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random model saved in our checkpoint format (what a user would pick on the page)."""
+    path = tmp_path_factory.mktemp("ckpt") / "test.pt"
+    CapeModel.from_preset("test").save(path)
+    return path
+
+
+def _support(clip: Clip, folder: Path) -> SupportSet:
+    return SupportSet.from_files([write_support(clip, folder)])
+
+
+def test_job_tracks_a_clip_into_the_tracker_files(tmp_path: Path, checkpoint: Path) -> None:
+    clip = write_clip(tmp_path, frames=12)
+    model = CapeModel.from_checkpoint(checkpoint)
+    job = TrackingJob(model, _support(clip, tmp_path / "s"), clip.path, tmp_path / "out", "clip", TrackerConfig())
+    job.join(60)
+    assert job.state is JobState.DONE, job.error
+    assert job.progress().frames == 12 and job.progress().total == 12 and job.progress().fraction == 1.0
+    tracks = json.loads(job.paths["json"].read_text())
+    assert len(tracks["frames"]) == 12 and tracks["names"] == list(clip.names)
+    assert job.paths["video"].stat().st_size > 0 and job.paths["csv"].is_file()
+
+
+def test_job_cancel_stops_early_and_leaves_valid_files(tmp_path: Path, checkpoint: Path) -> None:
+    clip = write_clip(tmp_path, frames=40)
+    model = CapeModel.from_checkpoint(checkpoint)
+    job = TrackingJob(model, _support(clip, tmp_path / "s"), clip.path, tmp_path / "out", "clip", TrackerConfig())
+    job.cancel()
+    job.join(60)
+    assert job.state is JobState.CANCELLED
+    done = len(json.loads(job.paths["json"].read_text())["frames"])
+    assert 1 <= done < 40 and done == job.progress().frames
+
+
+def test_job_reports_an_undecodable_video_in_one_line(tmp_path: Path, checkpoint: Path) -> None:
+    clip = write_clip(tmp_path, frames=4)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 64 + b"definitely not a video" * 10)
+    model = CapeModel.from_checkpoint(checkpoint)
+    job = TrackingJob(model, _support(clip, tmp_path / "s"), bad, tmp_path / "out", "bad", TrackerConfig())
+    job.join(60)
+    assert job.state is JobState.FAILED
+    assert job.error.startswith(str(bad)) and "\n" not in job.error
+
+
+# ---------------------------------------------------------------------------------------------------- app.py
+@pytest.fixture
+def page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def _button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def _upload(at: AppTest, name: str, file_name: str, data: bytes, mime: str) -> None:
+    """Upload into the page's `name` uploader (whose key changes each time it takes a file) and rerun."""
+    widget = next(u for u in at.file_uploader if u.key and u.key.rsplit("_", 1)[0] == name)
+    widget.set_value((file_name, data, mime)).run()
+
+
+def _upload_support(at: AppTest, image: Path) -> None:
+    _upload(at, "support_image", image.name, image.read_bytes(), "image/png")
+
+
+def _annotation(at: AppTest) -> Annotation:
+    return at.session_state["history"].current
+
+
+def _use_checkpoint(at: AppTest, checkpoint: Path) -> None:
+    at.radio(key="checkpoint_choice").set_value("File on this machine").run()
+    at.text_input(key="checkpoint_path").set_value(str(checkpoint)).run()
+
+
+def test_page_says_when_the_embedded_model_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import model.checkpoint
+
+    monkeypatch.setattr(model.checkpoint, "DEFAULT_CHECKPOINT", tmp_path / "default.pt")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert any("embedded default model is not available" in e for e in _errors(at))
+    _button(at, "Track").click().run()
+    assert any(e.startswith("support: no support image") for e in _errors(at))
+
+
+def test_click_name_hide_undo_delete_and_link(page: AppTest, tmp_path: Path) -> None:
+    clip = write_clip(tmp_path, frames=2)
+    _upload_support(page, write_support(clip, tmp_path))
+    assert not page.exception and _annotation(page).shots[0].label == "ref.png"
+    for t, (x, y) in enumerate([(100, 80), (300, 90), (200, 300)], start=1):
+        page.session_state["clicks_0"] = _click(x, y, width=640, height=480, t=t)  # the click component's event
+        page.run()
+    a = _annotation(page)
+    assert a.names == ("kp0", "kp1", "kp2")
+    assert a.shots[0].xy[0] == pytest.approx((24.625, 19.625))  # 640x480 display of a 160x120 image
+    page.run()  # the same event again (a plain rerun) is not a new click
+    assert _annotation(page).num_keypoints == 3
+
+    page.text_input(key="name_0").set_value("nose").run()
+    page.text_input(key="name_1").set_value("nose").run()
+    assert any("already used" in e for e in _errors(page))
+    page.checkbox(key="visible_2_0").uncheck().run()
+    a = _annotation(page)
+    assert a.names == ("nose", "kp1", "kp2") and a.shots[0].visible == (True, True, False)
+
+    page.selectbox(key="link_from").set_value(0)
+    page.selectbox(key="link_to").set_value(2)
+    _button(page, "Link").click().run()
+    assert _annotation(page).skeleton == ((0, 2),)
+    page.button_group[0].set_value(0).run()  # click the edge pill: unlinked
+    assert _annotation(page).skeleton == ()
+
+    page.button(key="delete_1").click().run()
+    assert _annotation(page).names == ("nose", "kp2")
+    _button(page, "↶ Undo").click().run()
+    assert _annotation(page).names == ("nose", "kp1", "kp2")
+    assert page.text_input(key="name_0").value == "nose"
+    assert not page.exception
+
+
+def test_k_shot_a_second_image_takes_the_same_keypoint_list(page: AppTest, tmp_path: Path) -> None:
+    clip = write_clip(tmp_path, frames=2)
+    _upload_support(page, write_support(clip, tmp_path))
+    for t, (x, y) in enumerate([(10, 10), (50, 50)], start=1):
+        page.session_state["clicks_0"] = _click(x, y, t=t)
+        page.run()
+    second = tmp_path / "other.png"
+    cv2.imwrite(str(second), np.full((60, 80, 3), 90, np.uint8))
+    _upload_support(page, second)
+    assert page.radio(key="shot_picker").value == 1  # the new image is the one to click on
+    assert "Click to place **kp0** (keypoint 1 of 2)." in [m.value for m in page.markdown]
+    page.session_state["clicks_1"] = _click(5, 6, width=80, height=60, t=3)
+    page.run()
+    assert _annotation(page).shots[1].xy == ((5.0, 6.0), None)
+    page.radio(key="shot_picker").set_value(0).run()
+    assert page.session_state["shot"] == 0
+    _button(page, "Remove this image").click().run()
+    a = _annotation(page)
+    assert [s.label for s in a.shots] == ["other.png"] and a.names == ("kp0", "kp1")
+    assert not page.exception
+
+
+def test_save_then_load_the_support_file(page: AppTest, tmp_path: Path) -> None:
+    clip = write_clip(tmp_path, frames=2)
+    image = write_support(clip, tmp_path)
+    for t, (x, y) in enumerate([(10, 20), (60, 30)], start=1):
+        if t == 1:
+            _upload_support(page, image)
+        page.session_state["clicks_0"] = _click(x, y, t=t)
+        page.run()
+    page.text_input(key="name_1").set_value("tail").run()
+    assert page.download_button[0].label == "Save ref.json"
+    saved = Path(page.session_state["workdir"].name) / "saved" / "ref.json"  # the bytes the button offers
+    assert json.loads(saved.read_text())["names"] == ["kp0", "tail"]
+
+    fresh = AppTest.from_file(APP, default_timeout=60)
+    fresh.run()
+    _upload_support(fresh, image)
+    _upload(fresh, "keypoints", "ref.json", saved.read_bytes(), "application/json")
+    assert not fresh.exception
+    assert [s.value for s in fresh.success] == ["Loaded 2 keypoints from ref.json."]
+    assert _annotation(fresh).names == ("kp0", "tail")
+    assert _annotation(fresh).shots[0].xy == ((10.0, 20.0), (60.0, 30.0))
+
+
+def test_sample_support_and_clip(page: AppTest) -> None:
+    _button(page, "Use the sample support").click().run()
+    _button(page, "Use the sample clip").click().run()
+    assert not page.exception and not [e for e in _errors(page) if "embedded" not in e]
+    a = _annotation(page)
+    assert a.num_keypoints == 10 and len(a.skeleton) == 10 and a.shots[0].size == (1280, 720)
+    assert page.session_state["video"].summary.startswith("1280×720, 132 frames")
+
+
+@pytest.mark.slow
+def test_track_a_generated_clip(page: AppTest, tmp_path: Path, checkpoint: Path) -> None:
+    clip = write_clip(tmp_path, frames=16)
+    image = write_support(clip, tmp_path)
+    _upload_support(page, image)
+    keypoints = (tmp_path / "ref.json").read_bytes()
+    _upload(page, "keypoints", "ref.json", keypoints, "application/json")
+    _upload(page, "video", "my clip.mp4", clip.path.read_bytes(), "video/mp4")
+    assert any(m.value == "**my clip.mp4** · 160×120, 16 frames at 25 fps" for m in page.markdown)
+    _use_checkpoint(page, checkpoint)
+    assert not _errors(page)
+
+    _button(page, "Track").click().run()
+    job = page.session_state["job"]
+    job.join(60)
+    page.run()
+    assert not page.exception and not _errors(page)
+    assert job.state is JobState.DONE
+    assert page.success[-1].value.startswith("Tracked 16 frames")
+    assert [b.label for b in page.download_button][1:] == ["⬇ tracked.mp4", "⬇ keypoints.json", "⬇ keypoints.csv"]
+    assert job.paths["video"].name == "my_clip.tracked.mp4"
+    assert page.multiselect[0].value == list(clip.names)
+    assert len(page.tabs) == 3
+    assert json.loads(job.paths["json"].read_text())["names"] == list(clip.names)
+
+
+def test_bad_uploads_and_too_few_keypoints_are_messages(page: AppTest, tmp_path: Path, checkpoint: Path) -> None:
+    _upload(page, "support_image", "notes.png", b"hello, not a picture", "image/png")
+    assert "notes.png: not an image OpenCV can decode (use a JPEG or PNG file)" in _errors(page)
+    assert not _annotation(page).shots
+
+    _upload(page, "video", "film.mp4", b"\x00" * 2048, "video/mp4")
+    assert any(e.startswith("film.mp4: ") for e in _errors(page))
+    assert "video" not in page.session_state
+
+    image = tmp_path / "grey.png"
+    cv2.imwrite(str(image), np.full((48, 64, 3), 128, np.uint8))
+    _upload_support(page, image)
+    _upload(page, "keypoints", "k.json", b"{not json", "application/json")
+    assert any(e.startswith("k.json: not valid JSON") for e in _errors(page))
+
+    clip = write_clip(tmp_path, frames=2)
+    _upload(page, "video", "clip.mp4", clip.path.read_bytes(), "video/mp4")
+    _use_checkpoint(page, tmp_path / "missing.pt")
+    assert any("missing.pt: no such checkpoint file" in e for e in _errors(page))
+    _use_checkpoint(page, checkpoint)
+    _button(page, "Track").click().run()
+    assert any(e.startswith("support: too few keypoints") for e in _errors(page))
+    assert "job" not in page.session_state
+    assert not page.exception

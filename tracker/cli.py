@@ -1,0 +1,270 @@
+"""`cape-track`: track a video, image folder or webcam. The ONLY place that prints errors and picks exit codes:
+0 done, 2 bad arguments or inputs (checked before any model work), 1 a failure mid-run, 130 Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from model import CapeModel, SupportSet
+from model.errors import CapeError
+from tracker.accel import ACCELS, Accelerator, select_device
+from tracker.errors import SinkError
+from tracker.pipeline import Tracker, TrackerConfig
+from tracker.sinks import Sink, WindowSink, file_sinks
+from tracker.sources import Source, WebcamSource, open_source
+
+PROG = "cape-track"
+
+
+class _UsageError(Exception):
+    """An argparse complaint, turned into the same one-line error as every other bad input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Track the keypoints clicked on support image(s) through a video, an image folder or a webcam.",
+        epilog="example: cape-track clip.mp4 --support ref.jpg   (reads ref.json beside ref.jpg)",
+    )
+    p.add_argument("video", nargs="?", help="video file or folder of images")
+    p.add_argument("--webcam", type=int, metavar="INDEX", help="track a camera live instead of a file")
+    p.add_argument("--support", action="append", metavar="IMAGE", help="support image; repeat for K shots")
+    p.add_argument("--keypoints", action="append", metavar="FILE", help="keypoint file (default: IMAGE's .json)")
+    p.add_argument("--checkpoint", metavar="PATH", help="model checkpoint (default: the embedded model)")
+    p.add_argument("--out", default="cape_out", metavar="DIR", help="output folder for files (default: cape_out)")
+    p.add_argument("--record", metavar="DIR", help="with --webcam: also write the video and tracks to DIR")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    p.add_argument("--batch", type=_positive_int, default=4, metavar="N", help="frames per model call (default: 4)")
+    p.add_argument("--accel", choices=ACCELS, default="none", help="backbone speed-up (default: none)")
+    p.add_argument("--no-smooth", action="store_true", help="report the network's raw keypoints")
+    p.add_argument("--offline", action="store_true", help="files only: add a backward smoothing pass")
+    p.add_argument("--show", action="store_true", help="show a live window while tracking a file")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (never raises, never prints a traceback for bad input)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _print_note
+        try:
+            args = build_parser().parse_args(argv)
+        except _UsageError as exc:
+            return _fail(str(exc), 2)
+        except SystemExit as exc:  # --help
+            return int(exc.code or 0)
+        return _run(args)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    raise SystemExit(main())
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.webcam is None:
+        out: Path | None = Path(args.out)
+    else:
+        out = Path(args.record) if args.record else None
+    source: Source | None = None
+    try:
+        try:
+            source, tracker, sinks = _setup(args, out)
+        except (CapeError, _UsageError) as exc:
+            return _fail(str(exc), 2)
+        except Exception as exc:  # an input that broke something unforeseen: still one line, no traceback
+            return _fail(f"unexpected {type(exc).__name__}: {_first_line(exc)}", 1)
+        progress = _ProgressLine(sys.stderr, visible=sys.stderr.isatty())
+        start = time.perf_counter()
+        with _DeferredCtrlC() as ctrl_c:
+
+            def on_frame(done: int, total: int | None) -> None:
+                ctrl_c.check()
+                progress(done, total)
+
+            try:
+                for _ in tracker.run(source, sinks, on_frame):
+                    pass
+            except CapeError as exc:
+                return _stopped(tracker, out, f"cape-track: error: {exc}", 1, progress)
+            except Exception as exc:  # a bug or an unforeseen input mid-run: the files done so far are still valid
+                message = f"cape-track: error: unexpected {type(exc).__name__}: {_first_line(exc)}"
+                return _stopped(tracker, out, message, 1, progress)
+            except KeyboardInterrupt:
+                return _stopped(tracker, out, "", 130, progress)
+        progress.finish()
+        seconds = time.perf_counter() - start
+        frames = tracker.times.frames
+        where = f"; results in {out}/" if out is not None else ""
+        print(f"{PROG}: {frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.1f} fps){where}")
+        return 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted before the first frame", file=sys.stderr)
+        return 130
+    finally:
+        if source is not None:
+            source.close()
+
+
+def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker, list[Sink]]:
+    """Validate every input before model work, cheapest first; raises `CapeError`/`_UsageError` on bad input."""
+    if (args.video is None) == (args.webcam is None):
+        raise _UsageError("give a VIDEO (file or image folder) or --webcam INDEX, not both and not neither")
+    if not args.support:
+        raise _UsageError("--support IMAGE is required (the image(s) whose keypoints to track)")
+    if args.webcam is not None and args.offline:
+        raise _UsageError("--offline needs a file (a webcam cannot be read twice)")
+    if args.offline and args.no_smooth:
+        raise _UsageError("--offline is a smoothing pass (drop --no-smooth)")
+    if args.webcam is None and args.record:
+        raise _UsageError("--record is for --webcam (files are written to --out)")
+    device = select_device(args.device)
+    live_window = args.webcam is not None or args.show
+    headless = live_window and not WindowSink.display_available()
+    if headless:
+        if args.webcam is None or out is None:
+            hint = "drop --show" if args.webcam is None else "add --record DIR to record without a window"
+            raise SinkError(f"display: no display available ({hint}, or run on a desktop session)")
+        live_window = False
+    if out is not None:
+        _check_writable(out)
+    support = SupportSet.from_files(args.support, args.keypoints)
+    if args.webcam is not None:
+        source: Source = WebcamSource(args.webcam)
+        stem = source.name
+    else:
+        source = open_source(Path(args.video))
+        stem = Path(args.video).stem or Path(args.video).resolve().name
+    if headless:
+        warnings.warn("no display: recording without a window (Ctrl-C stops)", stacklevel=1)
+    try:
+        model = CapeModel.from_checkpoint(args.checkpoint, device=device)
+        config = TrackerConfig(batch=args.batch, smooth=not args.no_smooth, offline=args.offline)
+        tracker = Tracker(model, support, config, Accelerator.for_device(device, args.accel))
+    except BaseException:
+        source.close()
+        raise
+    sinks: list[Sink] = file_sinks(out, stem) if out is not None else []
+    if live_window:
+        sinks.append(WindowSink(f"{PROG}: {stem}"))
+    return source, tracker, sinks
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise SinkError(f"{out}: cannot write results there ({exc.strerror or exc}; choose another folder)") from exc
+
+
+def _stopped(tracker: Tracker, out: Path | None, message: str, code: int, progress: _ProgressLine) -> int:
+    progress.finish()
+    if message:
+        print(message, file=sys.stderr)
+    done = tracker.times.frames
+    partial = f"; partial results in {out}/" if out is not None else ""
+    verb = "interrupted" if code == 130 else "stopped"
+    print(f"{PROG}: {verb} after {done} frames{partial}", file=sys.stderr)
+    return code
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _print_note(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """Warnings (accelerator fallbacks, truncated files) as one-line notes."""
+    text = str(message).strip().splitlines()
+    print(f"{PROG}: note: {text[0] if text else category.__name__}", file=sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
+class _ProgressLine:
+    """A `\\r`-rewritten stderr line: frames done (of total), percentage and fps; at most ten updates a second.
+    Silent when stderr is not a terminal."""
+
+    def __init__(self, stream: TextIO, visible: bool) -> None:
+        self.stream = stream
+        self.visible = visible
+        self.start = time.perf_counter()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.perf_counter()
+        if not self.visible or (now - self.last < 0.1 and done != total):
+            return
+        self.last = now
+        fps = done / max(now - self.start, 1e-9)
+        count = f"{done}/{total} frames {100 * done / total:3.0f}%" if total else f"{done} frames"
+        self.stream.write(f"\r{PROG}: {count}  {fps:5.1f} fps ")
+        self.stream.flush()
+        self.shown = True
+
+    def finish(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = False
+
+
+class _DeferredCtrlC:
+    """Holds the first Ctrl-C until the frame being written has reached every output, so the video, JSON and CSV
+    agree on the frames done; a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._previous: object = None
+
+    def __enter__(self) -> _DeferredCtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,283 @@
+"""The streaming tracker: frames -> ROI crops -> batched `CapeModel.predict` with the support embedding computed
+once -> frame coordinates -> smoother -> sinks. `Tracker.step` is the core on an explicit `TrackState`;
+`Tracker.run` is the generator loop over it, with per-stage timers for the benchmarks."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field, fields, replace
+from itertools import islice
+
+import numpy as np
+import torch
+
+from model import CapeModel, SupportEmbedding, SupportSet
+from model.transforms import SquareBox, crop_to_input, input_to_frame, normalize_images
+from tracker.accel import Accelerator, HostResult
+from tracker.roi import RoiConfig, follow, whole_frame
+from tracker.sinks import Sink, TrackInfo
+from tracker.smoothing import KalmanSmoother, SmootherConfig, SmootherState, StepRecord
+from tracker.sources import Frame, Source
+
+Progress = Callable[[int, int | None], None]  # (frames done, frames expected or None)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    batch: int = 4  # frames per model call for files and folders (live sources always use 1)
+    smooth: bool = True  # Kalman smoothing; False reports the network's raw keypoints
+    offline: bool = False  # add a backward RTS pass (files only: results come after the whole video is read)
+    roi: RoiConfig = field(default_factory=RoiConfig)
+    smoother: SmootherConfig = field(default_factory=SmootherConfig)  # its min_score also gates raw visibility
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    index: int  # frame index in the source
+    time: float  # seconds since the first frame
+    xy_frame: np.ndarray  # [N, 2] frame px
+    scores: np.ndarray  # [N] network confidence in [0, 1]
+    visible: np.ndarray  # [N] bool
+    box: SquareBox  # the crop the network saw, frame px
+
+
+@dataclass(frozen=True)
+class TrackState:
+    """Everything carried from one frame to the next (SAM 2 / TAPNext style: passed in, returned)."""
+
+    fps: float  # nominal rate: turns timestamp gaps into frame steps for the motion model
+    frames_done: int = 0
+    last_index: int = -1  # index of the last frame folded in
+    last_time: float | None = None
+    xy: np.ndarray | None = None  # [N, 2] frame px of the last frame's keypoints (None: nothing tracked yet)
+    velocity: np.ndarray | None = None  # [N, 2] px per frame
+    visible: np.ndarray | None = None  # [N] bool
+    filter: SmootherState | None = None  # None without smoothing
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage during one `run` (counters, cheap). Decode and encode run in their own threads, so
+    the pipeline can approach the slowest single stage rather than the sum."""
+
+    frames: int = 0
+    decode: float = 0.0  # source thread: demux, decode, colour conversion
+    prepare: float = 0.0  # ROI crops, resize, copy to the device, normalisation
+    model: float = 0.0  # predict, plus waiting for its results
+    smooth: float = 0.0  # optical flow + Kalman filter (+ RTS when offline)
+    encode: float = 0.0  # video sink thread: drawing + H.264
+    write: float = 0.0  # sink calls on the main thread (JSON, CSV, window, hand-over to the encoder)
+    wall: float = 0.0  # the whole run
+
+    def fps(self) -> dict[str, float]:
+        """Frames per second each stage alone would sustain, and the whole run's (`wall`)."""
+        return {f.name: self.frames / v for f in fields(self) if f.name != "frames" and (v := getattr(self, f.name))}
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    frames: list[Frame]
+    boxes: list[SquareBox]
+    result: HostResult  # (xy_input [B, N, 2], scores [B, N]) on their way to the host
+
+
+class Tracker:
+    """Tracks the support's keypoints through a stream. The support embedding is computed here once.
+
+    `model` is moved to the accelerator's device and put in eval mode; `compile`/`tensorrt` (the accelerator's
+    choice) patch its backbone's forward in place.
+    """
+
+    def __init__(
+        self,
+        model: CapeModel,
+        support: SupportSet | SupportEmbedding,
+        config: TrackerConfig | None = None,
+        accelerator: Accelerator | None = None,
+        names: Sequence[str] | None = None,
+        skeleton: Sequence[tuple[int, int]] | None = None,
+    ) -> None:
+        self.config = config or TrackerConfig()
+        if self.config.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.config.batch}")
+        self.accel = accelerator or Accelerator.for_device(model.device)
+        self.model = model.to(self.accel.device).eval()
+        if isinstance(support, SupportSet):
+            embedding = self.model.encode_support_set(support)
+            names = support.names if names is None else names
+            skeleton = support.skeleton if skeleton is None else skeleton
+        else:
+            embedding = support
+        self.embedding = embedding.to(self.accel.device)
+        n = self.embedding.num_keypoints
+        self.names = tuple(names) if names is not None else tuple(f"kp{i}" for i in range(n))
+        self.skeleton = tuple(tuple(edge) for edge in skeleton) if skeleton is not None else ()
+        self.smoother = KalmanSmoother(self.config.smoother) if self.config.smooth else None
+        s = self.model.input_size
+        example = normalize_images(torch.zeros(self.config.batch, 3, s, s, dtype=torch.uint8, device=self.accel.device))
+        self.accel.optimize(self.model, example)
+        self.times = StageTimes()
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.names)
+
+    def init_state(self, fps: float) -> TrackState:
+        """The state before the first frame: no keypoints yet, so the first crop is the whole frame."""
+        filt = self.smoother.init_state(self.num_keypoints) if self.smoother else None
+        return TrackState(fps=fps, filter=filt)
+
+    def step(self, frames: Sequence[Frame], state: TrackState) -> tuple[list[FrameResult], TrackState]:
+        """Track a batch of consecutive frames: one model call, then the smoother frame by frame."""
+        results, state, _ = self._finish(self._submit(list(frames), state), state)
+        return results, state
+
+    def run(
+        self, source: Source, sinks: Iterable[Sink] = (), progress: Progress | None = None
+    ) -> Iterator[FrameResult]:
+        """Track every frame of `source`, writing each result to `sinks` and yielding it.
+
+        Sinks are opened here and always closed (Ctrl-C, a decode error and an early `close()` of this generator
+        included), so their files are valid for every frame done. A sink's `stop_requested` ends the run.
+        """
+        sinks = list(sinks)
+        info = TrackInfo(source.name, source.fps, source.width, source.height, self.names, self.skeleton)
+        self.times = StageTimes()
+        start = time.perf_counter()
+        try:
+            with ExitStack() as stack:
+                for sink in sinks:
+                    sink.open(info)
+                    stack.callback(sink.close)
+                if self.config.offline and self.smoother is not None:
+                    yield from self._run_offline(source, sinks, progress)
+                    return
+                for frame, result in self._track(source, keep_records=None):
+                    go_on = self._emit(frame, result, sinks)
+                    if progress is not None:
+                        progress(self.times.frames, source.frame_count)
+                    yield result
+                    if not go_on:
+                        return
+        finally:
+            self.times.decode += source.busy_seconds
+            self.times.encode = sum(getattr(s, "busy_seconds", 0.0) for s in sinks)
+            self.times.wall = time.perf_counter() - start
+
+    # ------------------------------------------------------------------------------------------------ internals
+    def _track(self, source: Source, keep_records: list[StepRecord] | None) -> Iterator[tuple[Frame, FrameResult]]:
+        """Batches in order, with up to `in_flight` batches submitted before the oldest is finished (CUDA overlaps
+        copies and compute that way; its crops are placed from keypoints one batch older, moved by velocity)."""
+        batch = 1 if source.live else self.config.batch
+        depth = 1 if source.live else self.accel.in_flight
+        state = self.init_state(source.fps)
+        queued: deque[_Submitted] = deque()
+        frames = iter(source)
+        while True:
+            chunk = list(islice(frames, batch))
+            if chunk:
+                queued.append(self._submit(chunk, state))
+            while queued and (len(queued) >= depth or not chunk):
+                submitted = queued.popleft()
+                results, state, records = self._finish(submitted, state)
+                if keep_records is not None:
+                    keep_records.extend(records)
+                yield from zip(submitted.frames, results, strict=True)
+            if not chunk:
+                return
+
+    def _submit(self, frames: list[Frame], state: TrackState) -> _Submitted:
+        start = time.perf_counter()
+        s = self.model.input_size
+        boxes = [self._box(frame, state) for frame in frames]
+        host = self.accel.staging((len(frames), s, s, 3))
+        crops = host.numpy()  # [B, S, S, 3] uint8, written in place
+        for i, (frame, box) in enumerate(zip(frames, boxes, strict=True)):
+            crops[i] = crop_to_input(frame.image, box, s)
+        images = normalize_images(self.accel.upload(host).permute(0, 3, 1, 2))  # [B, 3, S, S] on the device
+        mid = time.perf_counter()
+        with self.accel.autocast():
+            prediction = self.model.predict(images, self.embedding)
+        result = self.accel.download(prediction.keypoints, prediction.scores)
+        self.times.prepare += mid - start
+        self.times.model += time.perf_counter() - mid
+        return _Submitted(frames, boxes, result)
+
+    def _box(self, frame: Frame, state: TrackState) -> SquareBox:
+        height, width = frame.image.shape[:2]
+        if state.xy is None:
+            return whole_frame(width, height)
+        ahead = frame.index - state.last_index
+        return follow(state.xy, state.visible, width, height, self.config.roi, state.velocity, ahead)
+
+    def _finish(
+        self, submitted: _Submitted, state: TrackState
+    ) -> tuple[list[FrameResult], TrackState, list[StepRecord]]:
+        start = time.perf_counter()
+        xy_input, scores = submitted.result.wait()  # [B, N, 2] input px, [B, N]
+        mid = time.perf_counter()
+        self.times.model += mid - start
+        s = self.model.input_size
+        results, records = [], []
+        for frame, box, xy_in, score in zip(submitted.frames, submitted.boxes, xy_input, scores, strict=True):
+            xy = input_to_frame(xy_in.astype(np.float64), box, s)
+            score = score.astype(np.float64)
+            if self.smoother is not None:
+                dt = 1.0 if state.last_time is None else max(frame.time - state.last_time, 0.0) * state.fps
+                out = self.smoother.step(state.filter, xy, score, scale=box.size, dt=dt, image=frame.image)
+                xy, visible, velocity, filt = out.xy, out.visible, out.state.velocity, out.state
+                records.append(out.record)
+            else:
+                visible, velocity, filt = score >= self.config.smoother.min_score, None, None
+            results.append(FrameResult(frame.index, frame.time, xy, score, visible, box))
+            state = replace(
+                state,
+                frames_done=state.frames_done + 1,
+                last_index=frame.index,
+                last_time=frame.time,
+                xy=xy,
+                velocity=velocity,
+                visible=visible,
+                filter=filt,
+            )
+        self.times.smooth += time.perf_counter() - mid
+        return results, state, records
+
+    def _emit(self, frame: Frame, result: FrameResult, sinks: list[Sink]) -> bool:
+        """Write one result to every sink; False when a sink asked to stop."""
+        start = time.perf_counter()
+        for sink in sinks:
+            sink.write(frame, result)
+        self.times.write += time.perf_counter() - start
+        self.times.frames += 1
+        return not any(sink.stop_requested for sink in sinks)
+
+    def _run_offline(self, source: Source, sinks: list[Sink], progress: Progress | None) -> Iterator[FrameResult]:
+        """Forward pass (no output), RTS smoothing, then a second decode to write the smoothed tracks. Progress
+        counts both passes."""
+        total = 2 * source.frame_count if source.frame_count else None
+        again = source.reopen()  # fails now, before any work, for a source that cannot be read twice
+        records: list[StepRecord] = []
+        forward: list[FrameResult] = []
+        with again:
+            for _, result in self._track(source, keep_records=records):
+                forward.append(result)
+                if progress is not None:
+                    progress(len(forward), total)
+            start = time.perf_counter()
+            smoothed = self.smoother.smooth_offline(records)  # [T, N, 2]
+            self.times.smooth += time.perf_counter() - start
+            try:
+                for frame, result, xy in zip(again, forward, smoothed, strict=False):
+                    result = replace(result, xy_frame=xy)
+                    go_on = self._emit(frame, result, sinks)
+                    if progress is not None:
+                        progress(len(forward) + self.times.frames, total)
+                    yield result
+                    if not go_on:
+                        return
+            finally:
+                self.times.decode += again.busy_seconds

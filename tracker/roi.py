@@ -1,0 +1,58 @@
+"""ROI follow: which square of the next frame the network sees, from the previous keypoints (pure functions).
+
+Boxes are `model.transforms.SquareBox`es in frame px; the crop and the maps back to the frame are model/transforms.py's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.transforms import SquareBox
+
+
+@dataclass(frozen=True)
+class RoiConfig:
+    margin: float = 0.3  # added on each side, as a fraction of the keypoints' extent
+    min_side: float = 0.12  # smallest crop side, as a fraction of the frame's longer side
+    min_visible: float = 0.4  # fraction of the keypoints that must be visible to follow; else whole frame
+
+
+def whole_frame(width: int, height: int) -> SquareBox:
+    """The start, and the fallback after the track is lost: the whole frame letterboxed into a square."""
+    return SquareBox.letterbox(width, height)
+
+
+def follow(
+    xy: np.ndarray,
+    visible: np.ndarray,
+    width: int,
+    height: int,
+    config: RoiConfig,
+    velocity: np.ndarray | None = None,
+    ahead: float = 0.0,
+) -> SquareBox:
+    """The crop for a frame `ahead` frames after the keypoints `xy` [N, 2] (frame px) with `velocity` [N, 2]
+    (px per frame): a square around the visible keypoints and their extrapolated positions, widened by the margin,
+    at least `min_side`, moved inside the frame. Too few visible keypoints: the whole frame."""
+    visible = np.asarray(visible, bool)
+    if visible.sum() < max(1, math.ceil(config.min_visible * len(visible))):
+        return whole_frame(width, height)
+    points = xy[visible]
+    if velocity is not None and ahead:
+        points = np.concatenate([points, points + velocity[visible] * ahead])
+    low, high = points.min(axis=0), points.max(axis=0)
+    extent = float((high - low).max())
+    longest = max(width, height)
+    side = min(max(extent * (1 + 2 * config.margin), config.min_side * longest), longest)
+    cx, cy = (low + high) / 2.0
+    return SquareBox(_clamp(cx - side / 2, side, width), _clamp(cy - side / 2, side, height), side)
+
+
+def _clamp(start: float, side: float, extent: int) -> float:
+    """Shift a window start so [start, start + side] lies in [0, extent]; centred when it is wider."""
+    if side >= extent:
+        return (extent - side) / 2.0
+    return min(max(start, 0.0), extent - side)

@@ -1,0 +1,202 @@
+"""Keypoint smoothing: a constant-velocity Kalman filter per keypoint, batched over keypoints with numpy (filterpy
+supplies the matrices), with score-driven measurement noise, Mahalanobis gating, low-score hiding, an optional
+pyramidal Lucas-Kanade optical-flow motion prediction, and an offline Rauch-Tung-Striebel pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from filterpy.common import Q_discrete_white_noise
+
+
+@dataclass(frozen=True)
+class SmootherConfig:
+    """Noise levels are fractions of `scale`, the side of the crop the network saw (its error grows with it)."""
+
+    accel_std: float = 0.01  # process noise: random acceleration per frame^2, fraction of scale
+    meas_std: float = 0.01  # measurement std at score 1 (about 2.5 px of a 256 input), fraction of scale
+    init_velocity_std: float = 0.05  # velocity std of a newly started keypoint, fraction of scale per frame
+    min_score: float = 0.2  # a measurement scoring less is not used: the keypoint coasts
+    hide_after: int = 3  # consecutive low-score frames after which a keypoint is reported not visible
+    gate: float = 13.8  # Mahalanobis^2 gate on the innovation (chi^2 with 2 dof, 99.9 %)
+    reacquire_after: int = 3  # consecutive confident but gated-out measurements that restart a keypoint there
+    flow: bool = True  # use pyramidal Lucas-Kanade optical flow as the motion prediction where it is reliable
+    flow_max_error: float = 1.0  # forward-backward disagreement (frame px) above which the flow is not trusted
+
+
+@dataclass(frozen=True)
+class SmootherState:
+    """The filter after one frame. Both axes share one covariance because their noise is isotropic."""
+
+    x: np.ndarray  # [N, 2, 2] per keypoint and axis (x, y): (position frame px, velocity px per frame)
+    P: np.ndarray  # [N, 2, 2] covariance of (position, velocity)
+    tracked: np.ndarray  # [N] bool, started by a confident measurement (else x is meaningless)
+    low: np.ndarray  # [N] int, consecutive frames scoring below min_score
+    rejected: np.ndarray  # [N] int, consecutive confident measurements rejected by the gate
+    gray: np.ndarray | None  # [H, W] uint8 previous frame for optical flow (None: flow off or first frame)
+
+    @property
+    def xy(self) -> np.ndarray:
+        return self.x[:, :, 0]
+
+    @property
+    def velocity(self) -> np.ndarray:
+        return self.x[:, :, 1]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What the offline RTS pass needs from one forward step (about 80 bytes per keypoint)."""
+
+    x: np.ndarray  # [N, 2, 2] posterior state
+    P: np.ndarray  # [N, 2, 2] posterior covariance
+    motion: np.ndarray  # [N, 2] flow displacement used by the prediction into this frame (NaN: constant velocity)
+    dt: float  # frames since the previous step
+    q: float  # process-noise variance of the prediction into this frame
+    fresh: np.ndarray  # [N] bool, (re)started at this frame or untracked: no smoothing across into it
+
+
+@dataclass(frozen=True)
+class Smoothed:
+    state: SmootherState
+    xy: np.ndarray  # [N, 2] frame px
+    visible: np.ndarray  # [N] bool
+    record: StepRecord
+
+
+class KalmanSmoother:
+    """Stateless operator over explicit `SmootherState`s, so the tracker, tests and the offline pass share it."""
+
+    def __init__(self, config: SmootherConfig | None = None) -> None:
+        self.config = config or SmootherConfig()
+
+    def init_state(self, num_keypoints: int) -> SmootherState:
+        n = num_keypoints
+        return SmootherState(
+            x=np.zeros((n, 2, 2)),
+            P=np.zeros((n, 2, 2)),
+            tracked=np.zeros(n, bool),
+            low=np.zeros(n, np.int64),
+            rejected=np.zeros(n, np.int64),
+            gray=None,
+        )
+
+    def step(
+        self,
+        state: SmootherState,
+        xy: np.ndarray,
+        scores: np.ndarray,
+        scale: float,
+        dt: float = 1.0,
+        image: np.ndarray | None = None,
+    ) -> Smoothed:
+        """Predict to this frame and fuse the network's keypoints `xy` [N, 2] (frame px) scored `scores` [N].
+
+        `scale` is the crop side in frame px (noise scales with it), `dt` the frames since the previous step (from
+        timestamps, so variable frame rates are handled), `image` the RGB frame [H, W, 3] for optical flow.
+        """
+        c = self.config
+        xy = np.asarray(xy, np.float64)
+        scores = np.asarray(scores, np.float64)
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if (c.flow and image is not None) else None
+        motion = np.full(xy.shape, np.nan)
+        if gray is not None and state.gray is not None and state.gray.shape == gray.shape and state.tracked.any():
+            motion[state.tracked] = optical_flow(state.gray, gray, state.xy[state.tracked], c.flow_max_error)
+        q = (c.accel_std * scale) ** 2
+        x_prior, p_prior = predict(state.x, state.P, dt, q, motion)
+
+        r = (c.meas_std * scale / np.clip(scores, 0.05, 1.0)) ** 2  # [N] measurement variance from the score
+        confident = scores >= c.min_score
+        x, p, accepted = update(x_prior, p_prior, xy, r, confident & state.tracked, c.gate)
+        rejected = np.where(confident & state.tracked & ~accepted, state.rejected + 1, 0)
+        fresh = confident & (~state.tracked | (rejected >= c.reacquire_after))
+        x[fresh] = np.stack([xy[fresh], np.zeros_like(xy[fresh])], axis=-1)
+        p[fresh] = initial_covariance(r[fresh], (c.init_velocity_std * scale) ** 2)
+        rejected[fresh] = 0
+        tracked = state.tracked | fresh
+        low = np.where(confident, 0, state.low + 1)
+        visible = tracked & (low < c.hide_after)
+        x[tracked & ~visible, :, 1] = 0.0  # a hidden keypoint stays where it was last seen instead of drifting
+        new = SmootherState(x, p, tracked, low, rejected, gray)
+        out_xy = np.where(tracked[:, None], x[:, :, 0], xy)
+        return Smoothed(new, out_xy, visible, StepRecord(x, p, motion, dt, q, fresh | ~tracked))
+
+    def smooth_offline(self, records: list[StepRecord]) -> np.ndarray:
+        """Rauch-Tung-Striebel pass over a whole forward run: smoothed positions [T, N, 2] frame px."""
+        if not records:
+            return np.zeros((0, 0, 2))
+        xs = records[-1].x.copy()
+        ps = records[-1].P.copy()
+        out = np.empty((len(records),) + xs.shape[:2])
+        out[-1] = xs[:, :, 0]
+        for k in range(len(records) - 2, -1, -1):
+            now, nxt = records[k], records[k + 1]
+            x_prior, p_prior = predict(now.x, now.P, nxt.dt, nxt.q, nxt.motion)
+            f = transition(nxt.dt)
+            p_prior[nxt.fresh] = np.eye(2)  # untracked rows may be singular; their gain is zeroed below
+            gain = now.P @ f.T @ np.linalg.inv(p_prior)  # [N, 2, 2]
+            gain[nxt.fresh] = 0.0  # no smoothing across a (re)start
+            xs = now.x + np.einsum("nij,naj->nai", gain, xs - x_prior)
+            ps = now.P + gain @ (ps - p_prior) @ gain.transpose(0, 2, 1)
+            out[k] = xs[:, :, 0]
+        return out
+
+
+def transition(dt: float) -> np.ndarray:
+    """Constant-velocity transition for one axis, state (position, velocity)."""
+    return np.array([[1.0, dt], [0.0, 1.0]])
+
+
+def initial_covariance(r: np.ndarray, velocity_var: float) -> np.ndarray:
+    """[M, 2, 2] covariance of keypoints started from a measurement of variance `r` [M] with zero velocity."""
+    p = np.zeros((len(r), 2, 2))
+    p[:, 0, 0] = r
+    p[:, 1, 1] = velocity_var
+    return p
+
+
+def predict(
+    x: np.ndarray, p: np.ndarray, dt: float, q: float, motion: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Constant-velocity prediction of states [N, 2, 2] and covariances [N, 2, 2].
+
+    Where `motion` [N, 2] (frame px, NaN = unknown) is given, it replaces the constant-velocity displacement of the
+    position: a control input `u = motion - v dt` on the position (filterpy's `B = [1, 0]^T`), covariance unchanged.
+    """
+    f = transition(dt)
+    x_prior = np.einsum("ij,naj->nai", f, x)
+    if motion is not None:
+        known = ~np.isnan(motion)
+        x_prior[:, :, 0] = np.where(known, x[:, :, 0] + np.nan_to_num(motion), x_prior[:, :, 0])
+    p_prior = f @ p @ f.T + Q_discrete_white_noise(dim=2, dt=dt, var=q)
+    return x_prior, p_prior
+
+
+def update(
+    x: np.ndarray, p: np.ndarray, z: np.ndarray, r: np.ndarray, use: np.ndarray, gate: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fuse position measurements `z` [N, 2] of variance `r` [N] where `use` [N] and the innovation passes the
+    Mahalanobis gate; returns (x, P, accepted [N])."""
+    s = p[:, 0, 0] + r  # [N] innovation variance, the same on both axes
+    innovation = z - x[:, :, 0]  # [N, 2]
+    accepted = use & ((innovation**2).sum(-1) / s <= gate)
+    gain = p[:, :, 0] / s[:, None]  # [N, 2] for (position, velocity)
+    x_new = x + np.where(accepted[:, None, None], gain[:, None, :] * innovation[:, :, None], 0.0)
+    p_new = np.where(accepted[:, None, None], p - s[:, None, None] * gain[:, :, None] * gain[:, None, :], p)
+    return x_new, p_new, accepted
+
+
+def optical_flow(prev_gray: np.ndarray, gray: np.ndarray, xy: np.ndarray, max_error: float) -> np.ndarray:
+    """Displacement [M, 2] of points `xy` [M, 2] from `prev_gray` to `gray` by pyramidal Lucas-Kanade, NaN where
+    the forward-backward check disagrees by more than `max_error` px or the point leaves the frame."""
+    params = dict(winSize=(21, 21), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
+    p0 = xy.astype(np.float32).reshape(-1, 1, 2)
+    p1, ok1, _ = cv2.calcOpticalFlowPyrLK(prev_gray, gray, p0, None, **params)
+    back, ok2, _ = cv2.calcOpticalFlowPyrLK(gray, prev_gray, p1, None, **params)
+    height, width = gray.shape
+    p1, back = p1.reshape(-1, 2).astype(np.float64), back.reshape(-1, 2)
+    good = (ok1.ravel() == 1) & (ok2.ravel() == 1) & (np.linalg.norm(back - xy, axis=1) <= max_error)
+    good &= (p1[:, 0] >= 0) & (p1[:, 0] <= width - 1) & (p1[:, 1] >= 0) & (p1[:, 1] <= height - 1)
+    return np.where(good[:, None], p1 - xy, np.nan)
