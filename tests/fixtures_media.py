@@ -1,12 +1,12 @@
 """Generated test media: an H.264 clip (PyAV) of a textured square moving along a known path, so the true keypoint
 positions of every frame are known, plus the matching support files (ref.png + ref.json), and the fixtures
-`make_clip` and `one_torch_thread` for conftest.py to re-export."""
+`make_clip` and friends, imported by the tests that need them."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -15,7 +15,6 @@ import av
 import cv2
 import numpy as np
 import pytest
-import torch
 
 SKELETON = ((0, 1), (1, 2), (2, 3), (3, 0), (0, 4), (2, 4))
 NAMES = ("top_left", "top_right", "bottom_right", "bottom_left", "centre")
@@ -84,16 +83,6 @@ def write_clip(
 def make_clip(tmp_path: Path) -> Callable[..., Clip]:
     """`make_clip(frames=24, size=(160, 120), ...)` writes a clip (see `write_clip`) under the test's tmp_path."""
     return lambda **kwargs: write_clip(tmp_path, **kwargs)
-
-
-@pytest.fixture
-def one_torch_thread() -> Iterator[None]:
-    """Run torch on one thread: on a shared, oversubscribed CPU, two OpenMP threads make each tiny-model call
-    about 100x slower (measured: 1.8 s instead of 0.02 s per call)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def write_support(clip: Clip, folder: Path, index: int = 0, name: str = "ref") -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_media import one_torch_thread, write_clip, write_support  # noqa: F401 (fixture)
+from fixtures_media import write_clip, write_support
 from torch import nn
 
 from model import CapeModel, SupportSet
@@ -20,8 +20,6 @@ from tracker.accel import Accelerator, CudaAccelerator, select_device
 from tracker.errors import DeviceError, TrackerWarning
 from tracker.pipeline import Tracker, TrackerConfig
 from tracker.sources import VideoFileSource
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny-model calls on one thread (see fixtures_media)
 
 
 def test_select_device() -> None:

@@ -24,12 +24,17 @@ def test_backbone_options_give_a_16x16_map(preset: str) -> None:
 
 
 def test_timm_weights_from_a_local_file(tmp_path: Path) -> None:
-    cfg = BackboneConfig(family="timm", name="test_efficientnet", feature_index=3, upsample="none")
-    src = Backbone(cfg, 256)
+    """A timm-layout weight file of the whole classifier loads; the layers after the feature level are dropped."""
+    import timm
+
+    full = timm.create_model("test_efficientnet")
     path = tmp_path / "w.pth"
-    torch.save(src.body.state_dict(), path)
-    loaded = Backbone(dataclasses.replace(cfg, weights_file=str(path)), 256)
-    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), loaded.state_dict().values()))
+    torch.save(full.state_dict(), path)
+    cfg = BackboneConfig(family="timm", name="test_efficientnet", feature_index=3, upsample="none")
+    loaded = Backbone(dataclasses.replace(cfg, weights_file=str(path)), 256).body.state_dict()
+    reference = full.state_dict()
+    assert loaded and all(torch.equal(v, reference[k]) for k, v in loaded.items())
+    assert not any(k.startswith(("blocks.4", "conv_head", "classifier")) for k in loaded)
 
 
 def test_swinv2_weights_from_a_local_file(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_media import one_torch_thread, write_clip, write_support  # noqa: F401 (fixture)
+from fixtures_media import write_clip, write_support
 
 from benchmarks import fps, pck
 from benchmarks.flow_baseline import track_optical_flow
@@ -108,7 +108,6 @@ def test_support_frame_is_found_in_the_clip(tmp_path: Path) -> None:
         locate_support_frame(frames, 255 - load_image(support))
 
 
-@pytest.mark.usefixtures("one_torch_thread")
 def test_fps_runs_end_to_end_and_writes_the_fixed_keys(tmp_path: Path) -> None:
     clip = write_clip(tmp_path, frames=8)
     support = write_support(clip, tmp_path / "support")
@@ -126,7 +125,6 @@ def test_fps_runs_end_to_end_and_writes_the_fixed_keys(tmp_path: Path) -> None:
     assert png.stat().st_size > 0
 
 
-@pytest.mark.usefixtures("one_torch_thread")
 def test_pck_tracks_command_compares_tracker_and_flow(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     clip = write_clip(tmp_path, frames=8)
     support = write_support(clip, tmp_path / "support", index=3)
@@ -151,7 +149,6 @@ def test_pck_tracks_command_compares_tracker_and_flow(tmp_path: Path, capsys: py
     assert "| LK optical flow |" in capsys.readouterr().out
 
 
-@pytest.mark.usefixtures("one_torch_thread")
 def test_pck_dataset_command_reports_the_official_pck(tmp_path: Path, generated_mp100: Path) -> None:
     checkpoint = tmp_path / "test.pt"
     CapeModel.from_preset("test").save(checkpoint)

@@ -16,14 +16,13 @@ import av
 import numpy as np
 import pytest
 import torch
-from fixtures_media import one_torch_thread, write_clip, write_support  # noqa: F401 (fixture)
+from fixtures_media import write_clip, write_support
 
 from model import CapeModel
 from tracker import cli
 from tracker.sinks import output_paths
 from tracker.sources import WebcamSource
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny-model calls on one thread (see fixtures_media)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from fixtures_media import one_torch_thread, write_clip, write_support  # noqa: F401 (fixture)
+from fixtures_media import write_clip, write_support
 from torch import nn
 
 from model import CapeModel, SupportEmbedding, SupportSet
@@ -25,9 +25,6 @@ from tracker.smoothing import SmootherConfig
 from tracker.sources import Frame, VideoFileSource, WebcamSource
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "model" / "weights" / "default.pt"
-
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny-model calls on one thread (see fixtures_media)
 
 
 def tiny_model() -> CapeModel:

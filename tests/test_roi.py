@@ -68,3 +68,27 @@ def test_crop_maps_back_to_the_frame_exactly(box: SquareBox) -> None:
     expected_input = frame_to_input(dot, box, 256)
     assert np.abs(found_input - expected_input).max() < 0.5 * max(1.0, 256 / box.size)
     np.testing.assert_allclose(input_to_frame(expected_input, box, 256), dot, atol=1e-9)
+
+
+def test_scale_matched_crop_shows_the_object_at_the_support_scale() -> None:
+    from tracker.roi import support_fraction
+
+    # Support: keypoints spanning 100 px of a 400x200 image -> a quarter of the letterboxed input.
+    kps = np.array([[[100.0, 50.0], [200.0, 120.0]]])
+    fraction = support_fraction(kps, np.ones((1, 2), bool), [(400, 200)])
+    assert fraction == pytest.approx(0.25)
+    # In a 1000x1000 frame the object spans 50 px: the crop is 200 px, so it fills a quarter again.
+    xy = np.array([[500.0, 500.0], [550.0, 530.0]])
+    box = follow(xy, np.ones(2, bool), 1000, 1000, RoiConfig(object_fraction=fraction))
+    assert box.size == pytest.approx(200.0)
+    assert box.center == pytest.approx((525.0, 515.0))
+    # An object larger than the frame allows gets a padded crop up to twice the frame.
+    big = follow(np.array([[0.0, 0.0], [900.0, 900.0]]), np.ones(2, bool), 1000, 1000, RoiConfig(object_fraction=0.25))
+    assert big.size == pytest.approx(2000.0)
+
+
+def test_support_fraction_needs_a_spread() -> None:
+    from tracker.roi import support_fraction
+
+    one = np.array([[[10.0, 10.0]]])
+    assert support_fraction(one, np.ones((1, 1), bool), [(100, 100)]) is None

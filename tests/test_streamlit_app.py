@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from fixtures_media import Clip, one_torch_thread, write_clip, write_support  # noqa: F401 (fixture)
+from fixtures_media import Clip, write_clip, write_support
 from streamlit.testing.v1 import AppTest
 
 from model import CapeModel, KeypointFile, SupportFileError, SupportSet
@@ -19,7 +19,6 @@ from streamlit_app.state import Annotation, AnnotationError, History, pointer_ed
 from tracker import TrackerConfig
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py")
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _shot(size: tuple[int, int] = (160, 120)) -> Annotation:

@@ -49,6 +49,7 @@ def test_override_file_toml_and_json(tmp_path: Path) -> None:
         ("epochs = 2.5", "field 'epochs' expects int, got 2.5"),
         ("augment = 1", "field 'augment' expects bool"),
         ("split = 9", "invalid split 9"),
+        ("betas = [0.9, 0.99, 0.5]", "field 'betas' expects tuple"),
         ('base = "huge"', "base 'huge' is not a known setting"),
         ("epochs = ", "cannot parse"),
     ],

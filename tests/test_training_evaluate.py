@@ -69,7 +69,6 @@ def test_cape_eval_errors(generated_mp100: Path, checkpoint: Path, tmp_path: Pat
         main(["--checkpoint", str(checkpoint)])  # neither a config nor --data-root/--ann-file
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not VECTORS.is_dir(), reason="shared/reference/vectors not present")
 def test_official_layout_state_dict_on_reference_dataset(tmp_path: Path) -> None:
     """A plain official-layout state dict (the mini variant) evaluates directly on the reference MP-100 files."""

@@ -24,7 +24,6 @@ def mini() -> tuple[CapeModel, dict, dict]:
     return model, inputs, outputs
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", ["A_1shot_bs2_pad100", "B_5shot_bs1_pad100", "C_demo_1shot_bs1_nopad"])
 def test_losses_equal_official_values(mini: tuple[CapeModel, dict, dict], case: str) -> None:
     model, inputs, outputs = mini

@@ -38,7 +38,6 @@ def test_learning_rate_follows_warmup_and_steps() -> None:
     assert learning_rate(cfg, 99999, 199) == pytest.approx(1e-7)
 
 
-@pytest.mark.slow
 def test_a_few_cpu_steps_reduce_the_loss(generated_mp100: Path) -> None:
     cfg = get_config("synthetic", _settings(generated_mp100, Path("unused")))
     split = load_split(annotation_file(generated_mp100, 1, "train"), generated_mp100 / "images")
@@ -57,7 +56,6 @@ def test_a_few_cpu_steps_reduce_the_loss(generated_mp100: Path) -> None:
     assert losses[-1] < 0.8 * losses[0]
 
 
-@pytest.mark.slow
 def test_resume_continues_bit_exactly(generated_mp100: Path, tmp_path: Path) -> None:
     # 3 categories x 2 episodes / batch 2 = 3 steps per epoch: step 4 lies in the second epoch
     straight = get_config("synthetic", _settings(generated_mp100, tmp_path / "a", "max_steps=5"))

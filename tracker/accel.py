@@ -5,6 +5,7 @@ plain copies and no streams; a requested but unavailable speed-up warns once and
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Callable
 
@@ -33,6 +34,13 @@ def select_device(spec: str = "auto") -> torch.device:
     elif device.type != "cpu":
         raise DeviceError(f"device {spec}: unsupported (choose auto, cpu or cuda)")
     return device
+
+
+def configure_cpu_threads(device: torch.device) -> None:
+    """On CPU, leave one core to the decode and encode threads (torch takes them all by default). An explicit
+    OMP_NUM_THREADS wins. Measured on 2 loaded cores: model 13.7 fps with 1 thread, 6.0 fps with 2."""
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
 
 
 class HostResult:

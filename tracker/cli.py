@@ -16,7 +16,7 @@ from typing import NoReturn, TextIO
 
 from model import CapeModel, SupportSet
 from model.errors import CapeError
-from tracker.accel import ACCELS, Accelerator, select_device
+from tracker.accel import ACCELS, Accelerator, configure_cpu_threads, select_device
 from tracker.errors import SinkError
 from tracker.pipeline import Tracker, TrackerConfig
 from tracker.sinks import Sink, WindowSink, file_sinks
@@ -133,6 +133,7 @@ def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker,
     if args.webcam is None and args.record:
         raise _UsageError("--record is for --webcam (files are written to --out)")
     device = select_device(args.device)
+    configure_cpu_threads(device)
     live_window = args.webcam is not None or args.show
     headless = live_window and not WindowSink.display_available()
     if headless:

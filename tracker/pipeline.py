@@ -17,7 +17,7 @@ import torch
 from model import CapeModel, SupportEmbedding, SupportSet
 from model.transforms import SquareBox, crop_to_input, input_to_frame, normalize_images
 from tracker.accel import Accelerator, HostResult
-from tracker.roi import RoiConfig, follow, whole_frame
+from tracker.roi import RoiConfig, follow, support_fraction, whole_frame
 from tracker.sinks import Sink, TrackInfo
 from tracker.smoothing import KalmanSmoother, SmootherConfig, SmootherState, StepRecord
 from tracker.sources import Frame, Source
@@ -107,6 +107,10 @@ class Tracker:
         self.model = model.to(self.accel.device).eval()
         if isinstance(support, SupportSet):
             embedding = self.model.encode_support_set(support)
+            if self.config.roi.object_fraction is None:
+                sizes = [(im.shape[1], im.shape[0]) for im in support.images]
+                fraction = support_fraction(support.keypoints, support.visible, sizes)
+                self.config = replace(self.config, roi=replace(self.config.roi, object_fraction=fraction))
             names = support.names if names is None else names
             skeleton = support.skeleton if skeleton is None else skeleton
         else:

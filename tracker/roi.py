@@ -18,6 +18,10 @@ class RoiConfig:
     margin: float = 0.3  # added on each side, as a fraction of the keypoints' extent
     min_side: float = 0.12  # smallest crop side, as a fraction of the frame's longer side
     min_visible: float = 0.4  # fraction of the keypoints that must be visible to follow; else whole frame
+    # Scale matching: the keypoints' extent should fill this fraction of the crop, the fraction they fill in the
+    # letterboxed support image, so the network sees the object at the scale it was shown (its features are not
+    # scale-invariant: zooming in on a small object hurts). None = use `margin`. `Tracker` sets it from the support.
+    object_fraction: float | None = None
 
 
 def whole_frame(width: int, height: int) -> SquareBox:
@@ -35,8 +39,9 @@ def follow(
     ahead: float = 0.0,
 ) -> SquareBox:
     """The crop for a frame `ahead` frames after the keypoints `xy` [N, 2] (frame px) with `velocity` [N, 2]
-    (px per frame): a square around the visible keypoints and their extrapolated positions, widened by the margin,
-    at least `min_side`, moved inside the frame. Too few visible keypoints: the whole frame."""
+    (px per frame): a square around the visible keypoints and their extrapolated positions, sized by
+    `object_fraction` (or widened by the margin), at least `min_side`, moved inside the frame (a crop wider than the
+    frame is centred and padded). Too few visible keypoints: the whole frame."""
     visible = np.asarray(visible, bool)
     if visible.sum() < max(1, math.ceil(config.min_visible * len(visible))):
         return whole_frame(width, height)
@@ -46,7 +51,10 @@ def follow(
     low, high = points.min(axis=0), points.max(axis=0)
     extent = float((high - low).max())
     longest = max(width, height)
-    side = min(max(extent * (1 + 2 * config.margin), config.min_side * longest), longest)
+    if config.object_fraction:
+        side = min(max(extent / config.object_fraction, config.min_side * longest), 2.0 * longest)
+    else:
+        side = min(max(extent * (1 + 2 * config.margin), config.min_side * longest), longest)
     cx, cy = (low + high) / 2.0
     return SquareBox(_clamp(cx - side / 2, side, width), _clamp(cy - side / 2, side, height), side)
 
@@ -56,3 +64,17 @@ def _clamp(start: float, side: float, extent: int) -> float:
     if side >= extent:
         return (extent - side) / 2.0
     return min(max(start, 0.0), extent - side)
+
+
+def support_fraction(keypoints: np.ndarray, visible: np.ndarray, sizes: list[tuple[int, int]]) -> float | None:
+    """The fraction of the letterboxed support the keypoints span (mean over shots): `RoiConfig.object_fraction`.
+
+    Args: keypoints `[K, N, 2]` image px, visible `[K, N]`, sizes the (width, height) of each shot.
+    None when the keypoints span too little to define a scale (one point, or points nearly on top of each other).
+    """
+    fractions = []
+    for xy, vis, (w, h) in zip(keypoints, visible, sizes):
+        if vis.sum() >= 2:
+            fractions.append(float(np.ptp(xy[vis], axis=0).max()) / max(w, h))
+    fraction = float(np.mean(fractions)) if fractions else 0.0
+    return fraction if fraction >= 0.05 else None

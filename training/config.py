@@ -247,9 +247,11 @@ def _check_value(key: str, value: object, source: str) -> object:
         return None
     origin = typing.get_origin(base)
     if origin is tuple:
-        item_type = typing.get_args(base)[0]
-        if isinstance(value, list) and all(_is(v, item_type) for v in value):
-            return tuple(item_type(v) for v in value)
+        item_types = typing.get_args(base)
+        fixed = Ellipsis not in item_types and len(item_types)
+        if isinstance(value, (list, tuple)) and all(_is(v, item_types[0]) for v in value):
+            if not fixed or len(value) == fixed:
+                return tuple(item_types[0](v) for v in value)
     elif _is(value, base):
         return base(value)
     raise ConfigError(f"{source}: field {key!r} expects {_type_name(hint)}, got {value!r}")

@@ -94,7 +94,7 @@ def annotation_file(data_root: str | Path, split: int, subset: str) -> Path:
     if not root.is_dir():
         raise DatasetError(
             f"{root}: dataset root not found (expected ROOT/annotations/*.json and ROOT/images/; "
-            "set data_root, or generate a stand-in with `python -m training.synthetic DIR`)"
+            "pass --set data_root=DIR, or generate a stand-in with `python -m training.synthetic DIR`)"
         )
     return root / "annotations" / f"mp100_split{split}_{subset}.json"
 
