@@ -46,10 +46,10 @@ def test_released_layout_loads_strictly(keys: str, depths: tuple[int, ...], inpu
     m = model.load_official_checkpoint(sd)
     ours = m.state_dict()
     mapped = official_to_ours(sd)
-    # Every tensor of the file is used (only recomputed buffers and the unused classifier are dropped) ...
-    dropped = set(sd) - {k for k in sd if not k.endswith(("relative_position_index", "relative_coords_table"))}
-    dropped |= {k for k in sd if k.endswith("attn_mask") or k.startswith("backbone.head.")}
-    assert len(mapped) == len(sd) - len(dropped)
+    # Every tensor of the file is used, except the buffers timm recomputes and the unused ImageNet classifier ...
+    recomputed = ("relative_position_index", "relative_coords_table", "attn_mask")
+    dropped = {k for k in sd if k.endswith(recomputed) or k.startswith("backbone.head.")}
+    assert len(mapped) == len(sd) - len(dropped) == len(ours)
     # ... and lands in the model unchanged.
     for k, v in mapped.items():
         assert torch.equal(ours[k], v), k
