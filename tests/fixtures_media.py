@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -131,3 +133,36 @@ def _render(size: tuple[int, int], seed: int, pose: tuple[float, float, float]) 
     corners = np.array([[0, 0], [side - 1, 0], [side - 1, side - 1], [0, side - 1], [(side - 1) / 2, (side - 1) / 2]])
     keypoints = corners @ matrix[:, :2].T + matrix[:, 2]
     return np.clip(image, 0, 255).round().astype(np.uint8), keypoints
+
+
+class FakeCapture:
+    """cv2.VideoCapture stand-in: frame k is filled with k; `limit` frames, then reads fail."""
+
+    def __init__(
+        self,
+        index: int,
+        opened: bool = True,
+        limit: int = 1000,
+        period: float = 0.001,
+        size: tuple[int, int] = (32, 24),
+    ) -> None:
+        self.opened, self.limit, self.period, self.size = opened, limit, period, size
+        self.count = 0
+        self.released = threading.Event()
+
+    def isOpened(self) -> bool:  # noqa: N802
+        return self.opened
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        if self.count >= self.limit:
+            return False, None
+        time.sleep(self.period)
+        image = np.full((self.size[1], self.size[0], 3), self.count % 256, np.uint8)
+        self.count += 1
+        return True, image
+
+    def get(self, prop: int) -> float:
+        return 30.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def release(self) -> None:
+        self.released.set()

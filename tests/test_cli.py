@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 import torch
-from fixtures_media import write_clip, write_support
+from fixtures_media import FakeCapture, write_clip, write_support
 
 from model import CapeModel
 from tracker import cli
@@ -164,30 +163,15 @@ def test_help_exits_0(capsys) -> None:
     assert "--support" in capsys.readouterr().out
 
 
-class _Camera:
-    def __init__(self, index: int) -> None:
-        self.count = 0
-
-    def isOpened(self) -> bool:  # noqa: N802
-        return True
-
-    def read(self):
-        self.count += 1
-        time.sleep(0.005)
-        return self.count <= 12, np.full((48, 64, 3), 10 * self.count % 256, np.uint8)
-
-    def get(self, prop: int) -> float:
-        return 30.0
-
-    def release(self) -> None:
-        pass
-
-
 def test_webcam_records_without_a_display(inputs, checkpoint, tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     monkeypatch.setattr("sys.platform", "linux")
-    monkeypatch.setattr(cli, "WebcamSource", lambda index: WebcamSource(index, open_capture=_Camera))
+    monkeypatch.setattr(
+        cli,
+        "WebcamSource",
+        lambda index: WebcamSource(index, open_capture=lambda i: FakeCapture(i, limit=12, period=0.005, size=(64, 48))),
+    )
     _, ref = inputs
     code, err, _ = _run(["--webcam", "0", "--support", ref, "--checkpoint", checkpoint, "--record", tmp_path], capsys)
     assert code == 0

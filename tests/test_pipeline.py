@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from fixtures_media import write_clip, write_support
+from fixtures_media import FakeCapture, write_clip, write_support
 from torch import nn
 
 from model import CapeModel, SupportEmbedding, SupportSet
@@ -223,25 +223,11 @@ def test_offline_pass_smooths_every_frame(clip, support) -> None:
 
 
 def test_offline_needs_a_file(support) -> None:
-    class Camera:
-        def __init__(self, index: int) -> None:
-            self.count = 0
-
-        def isOpened(self) -> bool:  # noqa: N802
-            return True
-
-        def read(self):
-            self.count += 1
-            return self.count < 50, np.zeros((48, 64, 3), np.uint8)
-
-        def get(self, prop: int) -> float:
-            return 0.0
-
-        def release(self) -> None:
-            pass
-
     tracker = Tracker(tiny_model(), support, TrackerConfig(offline=True))
-    with WebcamSource(0, open_capture=Camera) as camera, pytest.raises(SourceError, match="cannot be read twice"):
+    with (
+        WebcamSource(0, open_capture=lambda i: FakeCapture(i, limit=49, size=(64, 48))) as camera,
+        pytest.raises(SourceError, match="cannot be read twice"),
+    ):
         list(tracker.run(camera))
 
 

@@ -3,7 +3,6 @@ rotation and variable frame rate, forwards failures; the webcam keeps only the n
 
 from __future__ import annotations
 
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from fixtures_media import write_clip
+from fixtures_media import FakeCapture, write_clip
 
 from tracker.errors import SourceError, TrackerWarning
 from tracker.sources import Frame, ImageFolderSource, VideoFileSource, WebcamSource, open_source
@@ -188,32 +187,6 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "a2.png").unlink()
     with ImageFolderSource(tmp_path) as source, pytest.raises(SourceError, match="a3.png: not a readable image"):
         list(source)
-
-
-class FakeCapture:
-    """cv2.VideoCapture stand-in: frame k is filled with k; `limit` frames, then reads fail."""
-
-    def __init__(self, index: int, opened: bool = True, limit: int = 1000, period: float = 0.001) -> None:
-        self.opened, self.limit, self.period = opened, limit, period
-        self.count = 0
-        self.released = threading.Event()
-
-    def isOpened(self) -> bool:  # noqa: N802
-        return self.opened
-
-    def read(self) -> tuple[bool, np.ndarray | None]:
-        if self.count >= self.limit:
-            return False, None
-        time.sleep(self.period)
-        image = np.full((24, 32, 3), self.count % 256, np.uint8)
-        self.count += 1
-        return True, image
-
-    def get(self, prop: int) -> float:
-        return 30.0 if prop == cv2.CAP_PROP_FPS else 0.0
-
-    def release(self) -> None:
-        self.released.set()
 
 
 def test_webcam_keeps_only_the_newest_frame() -> None:
