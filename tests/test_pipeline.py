@@ -19,7 +19,6 @@ from model import CapeModel, SupportEmbedding, SupportSet
 from model.transforms import denormalize_images
 from tracker.errors import SourceError
 from tracker.pipeline import Tracker, TrackerConfig
-from tracker.roi import whole_frame
 from tracker.sinks import Sink, file_sinks, output_paths
 from tracker.smoothing import SmootherConfig
 from tracker.sources import Frame, VideoFileSource, WebcamSource
@@ -52,7 +51,6 @@ def test_run_yields_every_frame_once_in_order(clip, support) -> None:
     for r in results:
         assert r.xy_frame.shape == (5, 2) and r.scores.shape == (5,) and r.visible.dtype == bool
         assert np.isfinite(r.xy_frame).all() and ((r.scores >= 0) & (r.scores <= 1)).all()
-    assert results[0].box == whole_frame(160, 120)
     assert seen == [(i, 6) for i in range(1, 7)]
     times = tracker.times
     assert times.frames == 6 and times.decode > 0 and times.model > 0 and times.wall > 0
@@ -121,8 +119,9 @@ def _dot_frame(index: int, xy: np.ndarray) -> Frame:
 
 
 def test_roi_crops_map_back_to_frame_pixels() -> None:
-    """The blob is found through each frame's crop; after the first frame the crop is small (the blob is
-    magnified), and the keypoints mapped back to the frame land on the blob."""
+    """The blob is found through each frame's crop: the first frame is searched whole, then looked at again through
+    a small crop around what was found (the blob magnified); later frames go straight to the small crop. The
+    keypoints mapped back to the frame land on the blob."""
     embedding = SupportEmbedding(torch.zeros(1, 1, 4), torch.zeros(1, 1, dtype=torch.bool), torch.zeros(1, 2, 1, 1))
     model = DotFinder()
     config = TrackerConfig(batch=1, smooth=False)
@@ -131,11 +130,11 @@ def test_roi_crops_map_back_to_frame_pixels() -> None:
     truth = np.array([[60.3, 50.6], [64.1, 53.2], [68.8, 55.9], [73.2, 59.4], [77.9, 62.1]])
     for i, xy in enumerate(truth):
         (result,), state = tracker.step([_dot_frame(i, xy)], state)
-        assert np.abs(result.xy_frame[0] - xy).max() < 0.3 * max(1.0, result.box.size / 64)
-        if i:
-            assert result.box.size < 100  # followed the blob instead of the whole frame
-            assert np.abs(result.xy_frame[0] - xy).max() < 0.3
-    assert len(model.inputs) == 5
+        assert result.box.size < 100  # followed the blob instead of the whole frame
+        assert np.abs(result.xy_frame[0] - xy).max() < 0.3
+    assert len(model.inputs) == 6  # the first frame twice: whole, then closer
+    whole = denormalize_images(model.inputs[0])[0].float().mean(dim=0)
+    assert (whole > 20).sum() < (denormalize_images(model.inputs[1])[0].float().mean(dim=0) > 20).sum()
 
 
 class _StopAfter(Sink):

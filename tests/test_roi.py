@@ -1,13 +1,14 @@
 """ROI follow: the crop covers the keypoints with a margin, is square and inside the frame, falls back to the whole
-frame, and crops map back to frame coordinates exactly."""
+frame, and crops map back to frame coordinates exactly; small supports are zoomed in to the working scale."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from model import SupportSet
 from model.transforms import SquareBox, crop_to_input, frame_to_input, input_to_frame
-from tracker.roi import RoiConfig, follow, whole_frame
+from tracker.roi import RoiConfig, follow, support_fraction, whole_frame, zoom_support
 
 CONFIG = RoiConfig(margin=0.25, min_side=0.05, min_visible=0.5)
 
@@ -71,8 +72,6 @@ def test_crop_maps_back_to_the_frame_exactly(box: SquareBox) -> None:
 
 
 def test_scale_matched_crop_shows_the_object_at_the_support_scale() -> None:
-    from tracker.roi import support_fraction
-
     # Support: keypoints spanning 100 px of a 400x200 image -> a quarter of the letterboxed input.
     kps = np.array([[[100.0, 50.0], [200.0, 120.0]]])
     fraction = support_fraction(kps, np.ones((1, 2), bool), [(400, 200)])
@@ -88,7 +87,39 @@ def test_scale_matched_crop_shows_the_object_at_the_support_scale() -> None:
 
 
 def test_support_fraction_needs_a_spread() -> None:
-    from tracker.roi import support_fraction
-
     one = np.array([[[10.0, 10.0]]])
     assert support_fraction(one, np.ones((1, 1), bool), [(100, 100)]) is None
+
+
+def _dotted_support(size: tuple[int, int], points: np.ndarray, visible: np.ndarray) -> SupportSet:
+    """A black image with a differently coloured 5x5 square on each keypoint."""
+    width, height = size
+    image = np.zeros((height, width, 3), np.uint8)
+    for i, (x, y) in enumerate(points.round().astype(int)):
+        image[max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3] = (40 + 50 * i, 255 - 40 * i, 120)
+    return SupportSet.from_arrays(image, points, visible)
+
+
+def test_small_supports_are_zoomed_to_the_minimum_object_fraction() -> None:
+    # Keypoints spanning 60 px of a 300x200 image: a fifth of the letterboxed support.
+    points = np.array([[100.0, 90.0], [160.0, 100.0], [130.0, 130.0], [5.0, 5.0]])
+    visible = np.array([True, True, True, False])  # the hidden one is far away and must not widen the crop
+    support = _dotted_support((300, 200), points, visible)
+    zoomed = zoom_support(support, 0.5, 128)
+    assert zoomed.images[0].shape == (128, 128, 3)
+    assert support_fraction(zoomed.keypoints, zoomed.visible, [(128, 128)]) == pytest.approx(0.5)
+    for i in range(3):  # each keypoint still sits on its own dot
+        x, y = zoomed.keypoints[0, i].round().astype(int)
+        np.testing.assert_array_equal(zoomed.images[0][y, x], support.images[0][int(points[i, 1]), int(points[i, 0])])
+    assert zoomed.names == support.names and zoomed.skeleton == support.skeleton
+    np.testing.assert_array_equal(zoomed.visible, support.visible)
+
+
+def test_large_supports_and_zoom_off_are_left_alone() -> None:
+    points = np.array([[20.0, 20.0], [250.0, 180.0]])
+    support = _dotted_support((300, 200), points, np.ones(2, bool))
+    same = zoom_support(support, 0.5, 128)
+    assert same.images[0] is support.images[0]
+    np.testing.assert_array_equal(same.keypoints, support.keypoints)
+    one_point = _dotted_support((300, 200), points, np.array([True, False]))
+    assert zoom_support(one_point, 0.5, 128).images[0] is one_point.images[0]  # no extent to zoom to

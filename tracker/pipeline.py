@@ -17,7 +17,7 @@ import torch
 from model import CapeModel, SupportEmbedding, SupportSet
 from model.transforms import SquareBox, crop_to_input, input_to_frame, normalize_images
 from tracker.accel import Accelerator, HostResult
-from tracker.roi import RoiConfig, follow, support_fraction, whole_frame
+from tracker.roi import RoiConfig, follow, support_fraction, whole_frame, zoom_support
 from tracker.sinks import Sink, TrackInfo
 from tracker.smoothing import KalmanSmoother, SmootherConfig, SmootherState, StepRecord
 from tracker.sources import Frame, Source
@@ -82,6 +82,7 @@ class _Submitted:
     frames: list[Frame]
     boxes: list[SquareBox]
     result: HostResult  # (xy_input [B, N, 2], scores [B, N]) on their way to the host
+    searching: list[bool]  # per frame: its box is the whole frame (nothing tracked yet, or the track was lost)
 
 
 class Tracker:
@@ -106,6 +107,8 @@ class Tracker:
         self.accel = accelerator or Accelerator.for_device(model.device)
         self.model = model.to(self.accel.device).eval()
         if isinstance(support, SupportSet):
+            if self.config.roi.min_object_fraction:
+                support = zoom_support(support, self.config.roi.min_object_fraction, self.model.input_size)
             embedding = self.model.encode_support_set(support)
             if self.config.roi.object_fraction is None:
                 sizes = [(im.shape[1], im.shape[0]) for im in support.images]
@@ -194,9 +197,15 @@ class Tracker:
                 return
 
     def _submit(self, frames: list[Frame], state: TrackState) -> _Submitted:
+        boxes = [self._box(frame, state) for frame in frames]
+        searching = [state.xy is None or box == whole_frame(f.image.shape[1], f.image.shape[0])
+                     for f, box in zip(frames, boxes, strict=True)]  # fmt: skip
+        return _Submitted(frames, boxes, self._predict(frames, boxes), searching)
+
+    def _predict(self, frames: Sequence[Frame], boxes: Sequence[SquareBox]) -> HostResult:
+        """Crop, upload and start the model on one batch; the result arrives asynchronously on accelerators."""
         start = time.perf_counter()
         s = self.model.input_size
-        boxes = [self._box(frame, state) for frame in frames]
         host = self.accel.staging((len(frames), s, s, 3))
         crops = host.numpy()  # [B, S, S, 3] uint8, written in place
         for i, (frame, box) in enumerate(zip(frames, boxes, strict=True)):
@@ -208,7 +217,32 @@ class Tracker:
         result = self.accel.download(prediction.keypoints, prediction.scores)
         self.times.prepare += mid - start
         self.times.model += time.perf_counter() - mid
-        return _Submitted(frames, boxes, result)
+        return result
+
+    def _look_closer(
+        self, submitted: _Submitted, xy_input: np.ndarray, scores: np.ndarray
+    ) -> tuple[list[SquareBox], np.ndarray, np.ndarray]:
+        """Second look at frames searched whole: crop around what the first look found, at the support's scale,
+        and predict again. The whole frame shows a small object at too low a resolution to place its keypoints
+        well, and a track started from there would carry that error (the flow-driven smoother trusts its start)."""
+        boxes = list(submitted.boxes)
+        s = self.model.input_size
+        redo: list[int] = []
+        for i, (frame, box) in enumerate(zip(submitted.frames, boxes, strict=True)):
+            if not submitted.searching[i]:
+                continue
+            height, width = frame.image.shape[:2]
+            xy = input_to_frame(xy_input[i].astype(np.float64), box, s)
+            closer = follow(xy, scores[i] >= self.config.smoother.min_score, width, height, self.config.roi)
+            if closer != box:
+                boxes[i] = closer
+                redo.append(i)
+        if redo:
+            xy_input, scores = xy_input.copy(), scores.copy()
+            xy_input[redo], scores[redo] = self._predict(
+                [submitted.frames[i] for i in redo], [boxes[i] for i in redo]
+            ).wait()
+        return boxes, xy_input, scores
 
     def _box(self, frame: Frame, state: TrackState) -> SquareBox:
         height, width = frame.image.shape[:2]
@@ -222,11 +256,14 @@ class Tracker:
     ) -> tuple[list[FrameResult], TrackState, list[StepRecord]]:
         start = time.perf_counter()
         xy_input, scores = submitted.result.wait()  # [B, N, 2] input px, [B, N]
+        self.times.model += time.perf_counter() - start
+        boxes = submitted.boxes
+        if any(submitted.searching):
+            boxes, xy_input, scores = self._look_closer(submitted, xy_input, scores)
         mid = time.perf_counter()
-        self.times.model += mid - start
         s = self.model.input_size
         results, records = [], []
-        for frame, box, xy_in, score in zip(submitted.frames, submitted.boxes, xy_input, scores, strict=True):
+        for frame, box, xy_in, score in zip(submitted.frames, boxes, xy_input, scores, strict=True):
             xy = input_to_frame(xy_in.astype(np.float64), box, s)
             score = score.astype(np.float64)
             if self.smoother is not None:

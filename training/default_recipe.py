@@ -26,7 +26,7 @@ from model.heatmaps import gaussian_heatmaps
 from model.transforms import normalize_images
 
 from .losses import cape_losses
-from .views import ViewConfig, load_images, make_episode
+from .views import ViewConfig, load_clips, load_images, make_episode, make_pair_episode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +41,7 @@ class RecipeConfig:
     val_every: int = 100
     val_episodes: int = 32
     seed: int = 0
+    pair_prob: float = 0.3  # episodes whose queries are other clip frames (training.views.make_pair_episode)
 
 
 def build_model(cfg: RecipeConfig) -> CapeModel:
@@ -110,9 +111,21 @@ def _pad(arrays: Sequence[np.ndarray], n: int, value: float = 0.0) -> np.ndarray
 
 
 def make_batch(
-    images: Sequence[np.ndarray], episodes: int, queries: int, view: ViewConfig, rng: np.random.Generator
+    images: Sequence[np.ndarray],
+    episodes: int,
+    queries: int,
+    view: ViewConfig,
+    rng: np.random.Generator,
+    clips: Sequence[list[np.ndarray]] = (),
 ) -> dict[str, torch.Tensor | list]:
-    eps = [make_episode(images[int(rng.integers(len(images)))], queries, view, rng) for _ in range(episodes)]
+    """`episodes` episodes: from clip frame pairs with probability `view.pair_prob` (when clips are given), else
+    warped stills."""
+    eps = []
+    for _ in range(episodes):
+        if clips and rng.random() < view.pair_prob:
+            eps.append(make_pair_episode(clips[int(rng.integers(len(clips)))], queries, view, rng))
+        else:
+            eps.append(make_episode(images[int(rng.integers(len(images)))], queries, view, rng))
     n = max(len(e["support_xy"]) for e in eps)
     sup_vis = _pad([np.ones(len(e["support_xy"]), bool) for e in eps], n, False)
     q_xy = np.concatenate([_pad(list(e["query_xy"]), n) for e in eps])
@@ -161,10 +174,14 @@ def lr_at(step: int, cfg: RecipeConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def train(out: Path, minutes: float, cfg: RecipeConfig) -> None:
+def train(out: Path, minutes: float, cfg: RecipeConfig, init: Path | None = None) -> None:
+    """Train into `out` (resuming from its state.pt), starting a fresh run from the checkpoint `init` when given
+    (a fine-tuning stage) or from the ImageNet backbone and the matcher init."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
+    if init is not None:
+        model.load_state_dict(CapeModel.from_checkpoint(init).float().state_dict())
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
@@ -179,12 +196,12 @@ def train(out: Path, minutes: float, cfg: RecipeConfig) -> None:
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed at step {step}", flush=True)
 
-    view = ViewConfig(input_size=model.input_size)
-    train_images = load_images("train")
+    view = ViewConfig(input_size=model.input_size, pair_prob=cfg.pair_prob)
+    train_images, train_clips = load_images("train"), load_clips("train")
     val_rng = np.random.default_rng(12345)  # the same validation episodes in every run
-    val_images = load_images("val")
+    val_images, val_clips = load_images("val"), load_clips("val")
     val_batches = [
-        make_batch(val_images, cfg.episodes_per_step, cfg.queries_per_episode, view, val_rng)
+        make_batch(val_images, cfg.episodes_per_step, cfg.queries_per_episode, view, val_rng, val_clips)
         for _ in range(cfg.val_episodes // cfg.episodes_per_step)
     ]
     log_path = out / "curve.csv"
@@ -199,10 +216,14 @@ def train(out: Path, minutes: float, cfg: RecipeConfig) -> None:
     t0 = time.perf_counter()
     running: list[float] = []
     running_l1: list[float] = []
+    if step == 0:  # where training starts from: the matcher init, or the checkpoint being fine-tuned
+        val = validate(model, val_batches, cfg.queries_per_episode)
+        writer.writerow([0, 0, "", "", "", f"{val['pck05']:.4f}", f"{val['pck10']:.4f}"])
+        print(f"step 0 val PCK@0.05 {val['pck05']:.3f} PCK@0.1 {val['pck10']:.3f}", flush=True)
     while step < cfg.steps and time.perf_counter() - t0 < minutes * 60:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        batch = make_batch(train_images, cfg.episodes_per_step, cfg.queries_per_episode, view, rng)
+        batch = make_batch(train_images, cfg.episodes_per_step, cfg.queries_per_episode, view, rng, train_clips)
         emb, pred = run_batch(model, batch, cfg.queries_per_episode)
         losses = cape_losses(pred, emb.mask, batch["query_xy"], batch["query_visible"], model.input_size)
         losses["similarity_ce"] = similarity_ce(
@@ -261,17 +282,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/default"))
     p.add_argument("--minutes", type=float, default=90.0, help="stop (resumably) after this much wall time")
     p.add_argument("--steps", type=int, default=RecipeConfig.steps)
+    p.add_argument("--lr", type=float, default=RecipeConfig.lr, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=RecipeConfig.warmup, help="linear warm-up steps")
+    p.add_argument("--init", type=Path, help="start from this checkpoint (a fine-tuning stage) instead of ImageNet")
     p.add_argument("--export", type=Path, help="write the trained model here instead of training")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = p.parse_args(argv)
-    cfg = RecipeConfig(steps=args.steps)
+    cfg = RecipeConfig(steps=args.steps, lr=args.lr, warmup=args.warmup)
     if args.threads:
         # On a machine shared with other jobs one thread avoids oversubscription (measured ~3x faster here).
         torch.set_num_threads(args.threads)
     if args.export:
         export(args.out, args.export, cfg)
     else:
-        train(args.out, args.minutes, cfg)
+        train(args.out, args.minutes, cfg, args.init)
     return 0
 
 

@@ -1,13 +1,16 @@
 """Two-view episodes from real photos and clip frames, for the CPU-trained default model.
 
-The support is a crop of a real image with keypoints on it; each query is the same scene seen through a random
-homography (scale, rotation, shear, perspective, shift), with photometric changes, blur and occluders, so the
-true position of every keypoint in the query is known exactly. Keypoint sets and skeletons are random, which keeps
-the model category-agnostic: it learns to find *the support's* points, whatever they are.
+The support is a crop of a real image with keypoints on it. A query is either the same image seen through a random
+homography (scale, rotation, shear, perspective, shift), where every keypoint's true position is known exactly, or
+another frame of the same clip, where the keypoints follow dense optical flow checked forwards and backwards (real
+3-D motion, non-rigid shapes and lighting that no planar warp produces). Both then get a smooth elastic warp,
+photometric changes, blur and occluders. Keypoint sets and skeletons are random, which keeps the model
+category-agnostic: it learns to find *the support's* points, whatever they are.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +64,11 @@ def load_images(split: str, frame_every: int = 10) -> list[np.ndarray]:
     return images
 
 
+def load_clips(split: str, frame_every: int = 2) -> list[list[np.ndarray]]:
+    """The split's clips as frame sequences, for episodes whose query is another frame (`make_pair_episode`)."""
+    return [_frames(clip_dir() / clip, frame_every) for clip in (TRAIN_CLIPS if split == "train" else VAL_CLIPS)]
+
+
 @dataclass(frozen=True)
 class ViewConfig:
     input_size: int = 256
@@ -72,6 +80,14 @@ class ViewConfig:
     max_shift: float = 0.2  # of the input size
     perspective: float = 0.0012
     occluder_prob: float = 0.5
+    # Keypoints are picked in a centred square of this fraction of the support, so objects of many sizes are seen
+    # (the tracker shows the network objects spanning about half its input, see tracker.roi).
+    keypoint_spread: tuple[float, float] = (0.4, 1.0)
+    elastic: float = 0.02  # std of the elastic warp's control-point displacements, fraction of the input
+    elastic_prob: float = 0.5
+    pair_prob: float = 0.0  # fraction of episodes whose queries are other frames of a clip (needs clips)
+    pair_gap: tuple[int, int] = (1, 8)  # frames between support and query, in the loaded sequence's steps
+    flow_check: float = 1.0  # forward-backward flow disagreement (image px) above which a point is not used
 
 
 def _random_skeleton(n: int, rng: np.random.Generator) -> list[list[int]]:
@@ -85,16 +101,32 @@ def _random_skeleton(n: int, rng: np.random.Generator) -> list[list[int]]:
     return edges
 
 
-def _pick_keypoints(view: np.ndarray, n: int, rng: np.random.Generator, margin: int) -> np.ndarray:
-    """Mostly corners (points a person would click are distinctive), some anywhere."""
+def _pick_keypoints(
+    view: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+    margin: int,
+    spread: float = 1.0,
+    allowed: np.ndarray | None = None,
+) -> np.ndarray:
+    """Mostly corners (points a person would click are distinctive), some anywhere, inside a random square of side
+    `spread` x the view (minus `margin`) and, when given, where the mask `allowed` [S, S] is True. May return
+    fewer than `n` points when the mask leaves too little."""
     s = view.shape[0]
+    side = spread * (s - 2 * margin)
+    low = rng.uniform(margin, s - margin - side, size=2)
+    high = low + side
     gray = cv2.cvtColor(view, cv2.COLOR_RGB2GRAY)
-    corners = cv2.goodFeaturesToTrack(gray, maxCorners=80, qualityLevel=0.01, minDistance=10)
+    corners = cv2.goodFeaturesToTrack(gray, maxCorners=80, qualityLevel=0.01, minDistance=max(3, round(10 * spread)))
     pts = np.zeros((0, 2)) if corners is None else corners.reshape(-1, 2)
-    pts = pts[((pts >= margin) & (pts < s - margin)).all(1)]
+    candidates = rng.uniform(low, high, size=(4 * n, 2))
+    if allowed is not None:
+        pts = pts[allowed[pts[:, 1].astype(int), pts[:, 0].astype(int)]]
+        candidates = candidates[allowed[candidates[:, 1].astype(int), candidates[:, 0].astype(int)]]
+    pts = pts[((pts >= low) & (pts < high)).all(1)]
     take = min(len(pts), int(round(n * rng.uniform(0.6, 1.0))))
     chosen = pts[rng.choice(len(pts), take, replace=False)] if take else np.zeros((0, 2))
-    extra = rng.uniform(margin, s - margin, size=(n - take, 2))
+    extra = candidates[: n - take]
     return np.concatenate((chosen, extra)).astype(np.float64)
 
 
@@ -111,6 +143,37 @@ def _homography(cfg: ViewConfig, rng: np.random.Generator) -> np.ndarray:
     t = rng.uniform(-cfg.max_shift, cfg.max_shift, 2) * s + s / 2
     back = np.array([[1, 0, t[0]], [0, 1, t[1]], [0, 0, 1]])
     return back @ a @ c
+
+
+def _elastic(
+    img: np.ndarray, xy: np.ndarray, cfg: ViewConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth random warp (a 4 x 4 grid of Gaussian control-point displacements, bicubically interpolated: local
+    bends and bulges no homography makes). Returns the warped image and where the points `xy` [N, 2] went."""
+    s = img.shape[0]
+    grid = rng.normal(0.0, cfg.elastic * s, size=(4, 4, 2)).astype(np.float32)
+    field = cv2.resize(grid, (s, s), interpolation=cv2.INTER_CUBIC)  # [S, S, 2] output px -> source offset
+    base = np.stack(np.meshgrid(np.arange(s), np.arange(s)), axis=-1).astype(np.float32)
+    maps = base + field
+    warped = cv2.remap(img, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    # The warp is defined backwards (output -> source); a point x moves to the p with p + field(p) = x. The field's
+    # slope is far below 1, so the fixed-point iteration p <- x - field(p) converges in a few steps.
+    p = xy.astype(np.float64).copy()
+    for _ in range(8):
+        p = xy - _sample(field, p)
+    return warped, p
+
+
+def _sample(field: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Bilinear samples [N, C] of `field` [H, W, C] at points `xy` [N, 2] (clamped to the border)."""
+    h, w = field.shape[:2]
+    x = np.clip(xy[:, 0], 0, w - 1.001)
+    y = np.clip(xy[:, 1], 0, h - 1.001)
+    x0, y0 = x.astype(int), y.astype(int)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    top = field[y0, x0] * (1 - fx) + field[y0, x0 + 1] * fx
+    bottom = field[y0 + 1, x0] * (1 - fx) + field[y0 + 1, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
 
 
 def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -149,33 +212,117 @@ def make_episode(
     Returns support `[S,S,3]` u8 and its keypoints `[N,2]` input px, queries `[Q,S,S,3]` with keypoints `[Q,N,2]`
     and visibility `[Q,N]` (False where a point left the view or is under an occluder), and the skeleton.
     """
+    to_support, support = _support_view(image, cfg, rng)
+    xy_s = _pick_keypoints(support, _num_keypoints(cfg, rng), rng, margin=12, spread=rng.uniform(*cfg.keypoint_spread))
+    views = []
+    for _ in range(queries):
+        hq = _homography(cfg, rng)
+        views.append(_query_view(image, hq @ to_support, cv2.perspectiveTransform(xy_s[None], hq)[0], cfg, rng))
+    return _episode(support, xy_s, views, rng)
+
+
+def make_pair_episode(
+    frames: list[np.ndarray], queries: int, cfg: ViewConfig, rng: np.random.Generator
+) -> dict[str, np.ndarray | list]:
+    """Like `make_episode`, but each query is another frame of the clip `frames`, a few steps away, seen through a
+    random homography. Keypoints move with dense DIS optical flow from the support's frame; only points whose
+    forward and backward flows agree within `cfg.flow_check` px are picked, and each query's flow is checked again
+    (a failed point is invisible in that query)."""
+    t = int(rng.integers(len(frames)))
+    gaps = rng.choice((-1, 1), queries) * rng.integers(cfg.pair_gap[0], cfg.pair_gap[1] + 1, queries)
+    others = [int(u) for u in np.clip(t + gaps, 0, len(frames) - 1)]
+    to_support, support = _support_view(frames[t], cfg, rng)
+    gray = cv2.cvtColor(frames[t], cv2.COLOR_RGB2GRAY)
+    flows = [_checked_flow(gray, cv2.cvtColor(frames[u], cv2.COLOR_RGB2GRAY), cfg.flow_check) for u in others]
+    # Points are picked where the first query's flow is trusted (the others may lose a few).
+    s = cfg.input_size
+    from_support = np.linalg.inv(to_support)
+    grid = np.stack(np.meshgrid(np.arange(s) + 0.5, np.arange(s) + 0.5), axis=-1).reshape(-1, 2)
+    source = cv2.perspectiveTransform(grid[None], from_support)[0]
+    allowed = ~np.isnan(_sample(flows[0], source)).any(1).reshape(s, s)
+    xy_s = _pick_keypoints(
+        support, _num_keypoints(cfg, rng), rng, margin=12, spread=rng.uniform(*cfg.keypoint_spread), allowed=allowed
+    )
+    if len(xy_s) < cfg.min_keypoints:  # flow failed almost everywhere (a cut, a blank frame): plain warps instead
+        return make_episode(frames[t], queries, cfg, rng)
+    xy_frame = cv2.perspectiveTransform(xy_s[None], from_support)[0]
+    views = []
+    for u, flow in zip(others, flows, strict=True):
+        hq = _homography(cfg, rng)
+        moved = xy_frame + _sample(flow, xy_frame)  # NaN where the flow is not trusted
+        xy = cv2.perspectiveTransform(np.nan_to_num(moved, nan=-1e4)[None], hq @ to_support)[0]
+        views.append(_query_view(frames[u], hq @ to_support, xy, cfg, rng, known=~np.isnan(moved).any(1)))
+    return _episode(support, xy_s, views, rng)
+
+
+def _num_keypoints(cfg: ViewConfig, rng: np.random.Generator) -> int:
+    return int(rng.integers(cfg.min_keypoints, cfg.max_keypoints + 1))
+
+
+def _support_view(image: np.ndarray, cfg: ViewConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random square crop of `image` resized to the input: (image -> support matrix [3, 3], support image)."""
     s = cfg.input_size
     h, w = image.shape[:2]
     side = rng.uniform(*cfg.crop_fraction) * min(h, w)
     x0, y0 = rng.uniform(0, w - side), rng.uniform(0, h - side)
     to_support = np.array([[s / side, 0, -x0 * s / side], [0, s / side, -y0 * s / side], [0, 0, 1]])
     support = cv2.warpPerspective(image, to_support, (s, s), flags=cv2.INTER_AREA if side > 2 * s else cv2.INTER_LINEAR)
-    n = int(rng.integers(cfg.min_keypoints, cfg.max_keypoints + 1))
-    xy_s = _pick_keypoints(support, n, rng, margin=12)
+    return to_support, support
 
-    q_imgs, q_xy, q_vis = [], [], []
-    for _ in range(queries):
-        hq = _homography(cfg, rng)
-        # Warp from the source image, so the query sees real content beyond the support crop.
-        q = cv2.warpPerspective(image, hq @ to_support, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        xy = cv2.perspectiveTransform(xy_s[None].astype(np.float64), hq)[0]
-        vis = ((xy >= 0) & (xy <= s - 1)).all(1)
-        q = _photometric(q, rng)
-        if rng.random() < cfg.occluder_prob:
-            _occlude(q, xy, vis, rng)
-        q_imgs.append(q)
-        q_xy.append(xy)
-        q_vis.append(vis)
+
+def _query_view(
+    image: np.ndarray,
+    to_query: np.ndarray,
+    xy: np.ndarray,
+    cfg: ViewConfig,
+    rng: np.random.Generator,
+    known: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`image` warped by `to_query` (from the source image, so the query sees real content beyond the support
+    crop), then elastic, photometric and occluder changes; `xy` [N, 2] are the keypoints after `to_query`.
+    Returns (query, keypoints, visible)."""
+    s = cfg.input_size
+    q = cv2.warpPerspective(image, to_query, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    if rng.random() < cfg.elastic_prob:
+        q, xy = _elastic(q, xy, cfg, rng)
+    vis = ((xy >= 0) & (xy <= s - 1)).all(1)
+    if known is not None:
+        vis &= known
+    q = _photometric(q, rng)
+    if rng.random() < cfg.occluder_prob:
+        _occlude(q, xy, vis, rng)
+    return q, xy, vis
+
+
+def _episode(
+    support: np.ndarray, xy_s: np.ndarray, views: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng
+) -> dict[str, np.ndarray | list]:
     return {
         "support": _photometric(support, rng) if rng.random() < 0.5 else support,
         "support_xy": xy_s.astype(np.float32),
-        "queries": np.stack(q_imgs),
-        "query_xy": np.stack(q_xy).astype(np.float32),
-        "query_visible": np.stack(q_vis),
-        "skeleton": _random_skeleton(n, rng),
+        "queries": np.stack([v[0] for v in views]),
+        "query_xy": np.stack([v[1] for v in views]).astype(np.float32),
+        "query_visible": np.stack([v[2] for v in views]),
+        "skeleton": _random_skeleton(len(xy_s), rng),
     }
+
+
+@functools.cache
+def _dis() -> cv2.DISOpticalFlow:
+    return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+
+
+def _checked_flow(gray: np.ndarray, other: np.ndarray, max_error: float) -> np.ndarray:
+    """Dense flow [H, W, 2] (px) from `gray` to `other`, NaN where the backward flow does not bring the point back
+    within `max_error` px (occlusions, textureless areas, failures)."""
+    forward = _dis().calc(gray, other, None)
+    backward = _dis().calc(other, gray, None)
+    h, w = gray.shape
+    base = np.stack(np.meshgrid(np.arange(w), np.arange(h)), axis=-1).astype(np.float32)
+    target = base + forward
+    back = cv2.remap(backward, target[..., 0], target[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                     borderValue=(1e4, 1e4))  # fmt: skip
+    bad = np.linalg.norm(forward + back, axis=-1) > max_error
+    bad |= (target[..., 0] < 0) | (target[..., 0] > w - 1) | (target[..., 1] < 0) | (target[..., 1] > h - 1)
+    forward[bad] = np.nan
+    return forward
