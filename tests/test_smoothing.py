@@ -1,4 +1,5 @@
-"""Smoother: equal to filterpy's KalmanFilter and RTS smoother step by step; gating, hiding, optical flow."""
+"""Smoother: equal to filterpy's KalmanFilter and RTS smoother step by step; gating, hiding, optical flow as the
+motion model (its covariance, and its say over restarts)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from filterpy.common import Q_discrete_white_noise
 from filterpy.kalman import KalmanFilter
 
-from tracker.smoothing import KalmanSmoother, SmootherConfig, optical_flow
+from tracker.smoothing import KalmanSmoother, SmootherConfig, optical_flow, predict
 
 NO_GATE = SmootherConfig(flow=False, gate=1e12, min_score=0.0)
 
@@ -41,7 +42,7 @@ def test_kalman_equals_filterpy_step_by_step(n: int) -> None:
         truth = truth + velocity * dt
         z = truth + rng.normal(0, 1.0, (n, 2))
         scores = rng.uniform(0.3, 1.0, n)
-        r = (config.meas_std * scale / scores) ** 2
+        r = (config.meas_std * scale / scores**config.score_power) ** 2
         out = smoother.step(state, z, scores, scale=scale, dt=dt)
         state = out.state
         if t == 0:
@@ -71,7 +72,7 @@ def test_rts_equals_filterpy() -> None:
         truth = truth + 1.5
         z = truth + rng.normal(0, 2.0, (n, 2))
         scores = rng.uniform(0.4, 1.0, n)
-        r = (config.meas_std * scale / scores) ** 2
+        r = (config.meas_std * scale / scores**config.score_power) ** 2
         out = smoother.step(state, z, scores, scale=scale)
         state = out.state
         records.append(out.record)
@@ -161,3 +162,44 @@ def test_flow_is_the_motion_prediction() -> None:
     no_flow = KalmanSmoother(SmootherConfig(flow=False, min_score=0.5, hide_after=100))
     state = no_flow.step(no_flow.init_state(1), np.array([[80.0, 60.0]]), np.ones(1), 60.0, image=still).state
     np.testing.assert_allclose(no_flow.step(state, np.zeros((1, 2)), np.array([0.1]), 60.0).xy[0], [80.0, 60.0])
+
+
+def test_flow_prediction_keeps_the_position_as_certain_as_the_flow() -> None:
+    """Where flow moved a keypoint, its position variance grows by the flow's error only: the (large) uncertainty
+    of the old velocity must not leak in, or the filter would follow every network measurement."""
+    x = np.zeros((2, 2, 2))
+    p = np.array([np.diag([4.0, 100.0])] * 2)  # position var 4 px^2, velocity var 100 (px/frame)^2
+    motion = np.array([[3.0, -1.0], [np.nan, np.nan]])
+    x_prior, p_prior, f = predict(x, p, 1.0, np.array([0.25, 0.25]), motion)
+    np.testing.assert_allclose(x_prior[0, :, 0], [3.0, -1.0])  # moved by the flow
+    np.testing.assert_allclose(x_prior[0, :, 1], [3.0, -1.0])  # which is also the velocity now
+    assert p_prior[0, 0, 0] == pytest.approx(4.0 + 0.25)
+    assert p_prior[1, 0, 0] > 100.0  # constant velocity: the velocity variance enters the position
+    np.testing.assert_array_equal(f[0], [[1.0, 0.0], [0.0, 0.0]])
+
+
+def test_a_low_score_does_not_widen_the_gate() -> None:
+    smoother = KalmanSmoother(SmootherConfig(flow=False))
+    state = smoother.init_state(1)
+    for _ in range(5):
+        state = smoother.step(state, np.array([[100.0, 100.0]]), np.ones(1), 100.0).state
+    far = smoother.step(state, np.array([[115.0, 100.0]]), np.array([0.3]), 100.0)
+    assert far.xy[0, 0] == pytest.approx(100.0, abs=0.5)  # rejected, not fused with a small weight
+    near = smoother.step(state, np.array([[102.0, 100.0]]), np.array([0.3]), 100.0)
+    assert 100.0 < near.xy[0, 0] < 101.0  # fused, with a small weight
+
+
+def test_flow_vouches_for_a_keypoint_the_network_contradicts() -> None:
+    """A confident network that keeps disagreeing restarts a keypoint only where the flow lost it."""
+    smoother = KalmanSmoother(SmootherConfig(flow=True, reacquire_after=3))
+    frame = np.stack([_texture((0, 0))] * 3, axis=-1)
+    state = smoother.init_state(1)
+    for _ in range(4):
+        state = smoother.step(state, np.array([[80.0, 60.0]]), np.ones(1), 60.0, image=frame).state
+    for _ in range(6):  # the image is still and the flow says so; the network insists on another place
+        state = smoother.step(state, np.array([[110.0, 60.0]]), np.ones(1), 60.0, image=frame).state
+    np.testing.assert_allclose(state.xy[0], [80.0, 60.0], atol=0.5)
+    blank = np.zeros_like(frame)  # no texture: the flow is not trusted, and the network wins after 3 frames
+    for _ in range(3):
+        state = smoother.step(state, np.array([[110.0, 60.0]]), np.ones(1), 60.0, image=blank).state
+    np.testing.assert_allclose(state.xy[0], [110.0, 60.0])

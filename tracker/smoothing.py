@@ -16,12 +16,21 @@ class SmootherConfig:
     """Noise levels are fractions of `scale`, the side of the crop the network saw (its error grows with it)."""
 
     accel_std: float = 0.01  # process noise: random acceleration per frame^2, fraction of scale
-    meas_std: float = 0.03  # measurement std at score 1 (about 8 px of a 256 input), fraction of scale
+    meas_std: float = 0.02  # measurement std at score 1 (about 5 px of a 256 input), fraction of scale
+    # Measurement std = meas_std / score**score_power. The network's errors are heavy-tailed and its score falls
+    # when it is unsure, so low scores are distrusted more than in proportion (chosen on the generated clips of
+    # benchmarks/warped_clip.py, not on the evaluation clip).
+    score_power: float = 2.0
     init_velocity_std: float = 0.05  # velocity std of a newly started keypoint, fraction of scale per frame
     min_score: float = 0.2  # a measurement scoring less is not used: the keypoint coasts
     hide_after: int = 3  # consecutive low-score frames after which a keypoint is reported not visible
-    gate: float = 13.8  # Mahalanobis^2 gate on the innovation (chi^2 with 2 dof, 99.9 %)
-    reacquire_after: int = 3  # consecutive confident but gated-out measurements that restart a keypoint there
+    # Mahalanobis^2 gate on the innovation (chi^2 with 2 dof, 99.9 %), measured against the score-1 noise: a low
+    # score makes a measurement count less, never makes a far-off one acceptable.
+    gate: float = 13.8
+    # Consecutive confident but gated-out measurements that restart a keypoint at the network's position. Only
+    # frames without trusted optical flow count: while the flow still follows a keypoint, a disagreeing network
+    # is more likely wrong (another part of a similar-looking object) than the flow.
+    reacquire_after: int = 3
     flow: bool = True  # use pyramidal Lucas-Kanade optical flow as the motion prediction where it is reliable
     flow_std: float = 0.003  # process noise where the flow is trusted, fraction of scale per frame
     flow_max_error: float = 1.0  # forward-backward disagreement (frame px) above which the flow is not trusted
@@ -108,12 +117,14 @@ class KalmanSmoother:
         # Flow-predicted keypoints get the (small) flow error as process noise, the others the acceleration noise:
         # the filter then follows the precise frame-to-frame flow and the network corrects its drift.
         q = np.where(np.isnan(motion).any(-1), (c.accel_std * scale) ** 2, (c.flow_std * scale) ** 2)
-        x_prior, p_prior = predict(state.x, state.P, dt, q, motion)
+        x_prior, p_prior, _ = predict(state.x, state.P, dt, q, motion)
 
-        r = (c.meas_std * scale / np.clip(scores, 0.05, 1.0)) ** 2  # [N] measurement variance from the score
+        r_base = (c.meas_std * scale) ** 2
+        r = r_base / np.clip(scores, 0.05, 1.0) ** (2 * c.score_power)  # [N] measurement variance from the score
         confident = scores >= c.min_score
-        x, p, accepted = update(x_prior, p_prior, xy, r, confident & state.tracked, c.gate)
-        rejected = np.where(confident & state.tracked & ~accepted, state.rejected + 1, 0)
+        x, p, accepted = update(x_prior, p_prior, xy, r, confident & state.tracked, c.gate, r_base)
+        doubt = confident & state.tracked & ~accepted & np.isnan(motion).any(-1)
+        rejected = np.where(doubt, state.rejected + 1, 0)
         fresh = confident & (~state.tracked | (rejected >= c.reacquire_after))
         x[fresh] = np.stack([xy[fresh], np.zeros_like(xy[fresh])], axis=-1)
         p[fresh] = initial_covariance(r[fresh], (c.init_velocity_std * scale) ** 2)
@@ -136,10 +147,9 @@ class KalmanSmoother:
         out[-1] = xs[:, :, 0]
         for k in range(len(records) - 2, -1, -1):
             now, nxt = records[k], records[k + 1]
-            x_prior, p_prior = predict(now.x, now.P, nxt.dt, nxt.q, nxt.motion)
-            f = transition(nxt.dt)
+            x_prior, p_prior, f = predict(now.x, now.P, nxt.dt, nxt.q, nxt.motion)
             p_prior[nxt.fresh] = np.eye(2)  # untracked rows may be singular; their gain is zeroed below
-            gain = now.P @ f.T @ np.linalg.inv(p_prior)  # [N, 2, 2]
+            gain = now.P @ f.transpose(0, 2, 1) @ np.linalg.inv(p_prior)  # [N, 2, 2]
             gain[nxt.fresh] = 0.0  # no smoothing across a (re)start
             xs = now.x + np.einsum("nij,naj->nai", gain, xs - x_prior)
             ps = now.P + gain @ (ps - p_prior) @ gain.transpose(0, 2, 1)
@@ -162,30 +172,40 @@ def initial_covariance(r: np.ndarray, velocity_var: float) -> np.ndarray:
 
 def predict(
     x: np.ndarray, p: np.ndarray, dt: float, q: float | np.ndarray, motion: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Constant-velocity prediction of states [N, 2, 2] and covariances [N, 2, 2].
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prediction of states [N, 2, 2] and covariances [N, 2, 2] one step of `dt` frames ahead; also returns the
+    transition [N, 2, 2] each keypoint used (the RTS pass needs it).
 
-    Where `motion` [N, 2] (frame px, NaN = unknown) is given, it replaces the constant-velocity displacement of the
-    position: a control input `u = motion - v dt` on the position (filterpy's `B = [1, 0]^T`), covariance unchanged.
+    Without `motion` (or where it is NaN) the model is constant velocity with white-noise acceleration of variance
+    `q`. Where `motion` [N, 2] (frame px, from optical flow) is known, it moves the position directly and becomes the
+    velocity: transition [[1, 0], [0, 0]] plus the control input (motion, motion / dt), and the process noise `q`
+    is the flow's own error (variance q dt on the position). The old velocity's uncertainty must not leak into the
+    position there: the flow measured the displacement, so the position stays as certain as the flow is.
     """
-    f = transition(dt)
-    x_prior = np.einsum("ij,naj->nai", f, x)
-    if motion is not None:
-        known = ~np.isnan(motion)
-        x_prior[:, :, 0] = np.where(known, x[:, :, 0] + np.nan_to_num(motion), x_prior[:, :, 0])
-    q = np.broadcast_to(np.asarray(q, np.float64), (len(x),))  # scalar or per keypoint [N]
-    p_prior = f @ p @ f.T + Q_discrete_white_noise(dim=2, dt=dt, var=1.0)[None] * q[:, None, None]
-    return x_prior, p_prior
+    n = len(x)
+    q = np.broadcast_to(np.asarray(q, np.float64), (n,))  # scalar or per keypoint [N]
+    f = np.broadcast_to(transition(dt), (n, 2, 2)).copy()
+    noise = Q_discrete_white_noise(dim=2, dt=dt, var=1.0)[None] * q[:, None, None]
+    known = np.zeros(n, bool) if motion is None else ~np.isnan(motion).any(-1)
+    f[known] = np.array([[1.0, 0.0], [0.0, 0.0]])
+    step = max(dt, 1e-3)  # two frames with one timestamp: the flow still measured a displacement
+    noise[known] = q[known, None, None] * np.diag([step, 1.0 / step])[None]
+    x_prior = np.einsum("nij,naj->nai", f, x)
+    if known.any():
+        x_prior[known, :, 0] += motion[known]
+        x_prior[known, :, 1] += motion[known] / step
+    p_prior = f @ p @ f.transpose(0, 2, 1) + noise
+    return x_prior, p_prior, f
 
 
 def update(
-    x: np.ndarray, p: np.ndarray, z: np.ndarray, r: np.ndarray, use: np.ndarray, gate: float
+    x: np.ndarray, p: np.ndarray, z: np.ndarray, r: np.ndarray, use: np.ndarray, gate: float, r_gate: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fuse position measurements `z` [N, 2] of variance `r` [N] where `use` [N] and the innovation passes the
-    Mahalanobis gate; returns (x, P, accepted [N])."""
+    Mahalanobis gate `gate` computed with measurement variance `r_gate`; returns (x, P, accepted [N])."""
     s = p[:, 0, 0] + r  # [N] innovation variance, the same on both axes
     innovation = z - x[:, :, 0]  # [N, 2]
-    accepted = use & ((innovation**2).sum(-1) / s <= gate)
+    accepted = use & ((innovation**2).sum(-1) / (p[:, 0, 0] + r_gate) <= gate)
     gain = p[:, :, 0] / s[:, None]  # [N, 2] for (position, velocity)
     x_new = x + np.where(accepted[:, None, None], gain[:, None, :] * innovation[:, :, None], 0.0)
     p_new = np.where(accepted[:, None, None], p - s[:, None, None] * gain[:, :, None] * gain[:, None, :], p)
