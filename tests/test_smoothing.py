@@ -189,16 +189,27 @@ def test_a_low_score_does_not_widen_the_gate() -> None:
     assert 100.0 < near.xy[0, 0] < 101.0  # fused, with a small weight
 
 
-def test_flow_vouches_for_a_keypoint_the_network_contradicts() -> None:
-    """A confident network that keeps disagreeing restarts a keypoint only where the flow lost it."""
-    smoother = KalmanSmoother(SmootherConfig(flow=True, reacquire_after=3))
+def test_flow_delays_a_restart_the_network_asks_for() -> None:
+    """A confident network that keeps disagreeing restarts a keypoint after `reacquire_after` frames where the
+    flow lost it, after `reacquire_after_flow` frames while the flow still follows it."""
+    config = SmootherConfig(flow=True, reacquire_after=3, reacquire_after_flow=8)
+    smoother = KalmanSmoother(config)
     frame = np.stack([_texture((0, 0))] * 3, axis=-1)
-    state = smoother.init_state(1)
-    for _ in range(4):
-        state = smoother.step(state, np.array([[80.0, 60.0]]), np.ones(1), 60.0, image=frame).state
-    for _ in range(6):  # the image is still and the flow says so; the network insists on another place
+
+    def settled():
+        state = smoother.init_state(1)
+        for _ in range(4):
+            state = smoother.step(state, np.array([[80.0, 60.0]]), np.ones(1), 60.0, image=frame).state
+        return state
+
+    state = settled()
+    for _ in range(7):  # the image is still and the flow says so; the network insists on another place
         state = smoother.step(state, np.array([[110.0, 60.0]]), np.ones(1), 60.0, image=frame).state
     np.testing.assert_allclose(state.xy[0], [80.0, 60.0], atol=0.5)
+    state = smoother.step(state, np.array([[110.0, 60.0]]), np.ones(1), 60.0, image=frame).state
+    np.testing.assert_allclose(state.xy[0], [110.0, 60.0])  # the 8th: the track itself was wrong
+
+    state = settled()
     blank = np.zeros_like(frame)  # no texture: the flow is not trusted, and the network wins after 3 frames
     for _ in range(3):
         state = smoother.step(state, np.array([[110.0, 60.0]]), np.ones(1), 60.0, image=blank).state

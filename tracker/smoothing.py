@@ -27,10 +27,12 @@ class SmootherConfig:
     # Mahalanobis^2 gate on the innovation (chi^2 with 2 dof, 99.9 %), measured against the score-1 noise: a low
     # score makes a measurement count less, never makes a far-off one acceptable.
     gate: float = 13.8
-    # Consecutive confident but gated-out measurements that restart a keypoint at the network's position. Only
-    # frames without trusted optical flow count: while the flow still follows a keypoint, a disagreeing network
-    # is more likely wrong (another part of a similar-looking object) than the flow.
+    # Consecutive confident but gated-out measurements that restart a keypoint at the network's position: a few
+    # where the flow lost the keypoint, more while the flow still follows it (a briefly disagreeing network is
+    # more likely wrong, e.g. on another part of a similar-looking object, than the flow; a network that keeps
+    # disagreeing means the track itself started or slid onto the wrong thing, and flow would follow it forever).
     reacquire_after: int = 3
+    reacquire_after_flow: int = 15
     flow: bool = True  # use pyramidal Lucas-Kanade optical flow as the motion prediction where it is reliable
     flow_std: float = 0.003  # process noise where the flow is trusted, fraction of scale per frame
     flow_max_error: float = 1.0  # forward-backward disagreement (frame px) above which the flow is not trusted
@@ -123,9 +125,9 @@ class KalmanSmoother:
         r = r_base / np.clip(scores, 0.05, 1.0) ** (2 * c.score_power)  # [N] measurement variance from the score
         confident = scores >= c.min_score
         x, p, accepted = update(x_prior, p_prior, xy, r, confident & state.tracked, c.gate, r_base)
-        doubt = confident & state.tracked & ~accepted & np.isnan(motion).any(-1)
-        rejected = np.where(doubt, state.rejected + 1, 0)
-        fresh = confident & (~state.tracked | (rejected >= c.reacquire_after))
+        rejected = np.where(confident & state.tracked & ~accepted, state.rejected + 1, 0)
+        needed = np.where(np.isnan(motion).any(-1), c.reacquire_after, c.reacquire_after_flow)
+        fresh = confident & (~state.tracked | (rejected >= needed))
         x[fresh] = np.stack([xy[fresh], np.zeros_like(xy[fresh])], axis=-1)
         p[fresh] = initial_covariance(r[fresh], (c.init_velocity_std * scale) ** 2)
         rejected[fresh] = 0
