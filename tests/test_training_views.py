@@ -139,3 +139,14 @@ def test_recipe_trains_validates_resumes_and_fine_tunes(tmp_path: Path, monkeypa
     default_recipe.train(tmp_path / "tuned", minutes=5, cfg=dataclasses.replace(cfg, steps=1), init=exported)
     trained = torch.load(out / "state.pt", weights_only=False)["model"]
     torch.testing.assert_close(seen[0][key], trained[key], atol=2e-3, rtol=1e-2)  # started from the export (fp16)
+
+
+def test_recipe_can_tune_the_last_backbone_stages() -> None:
+    frozen = default_recipe.build_model(default_recipe.RecipeConfig())
+    assert not any(p.requires_grad for p in frozen.backbone.parameters())
+    tuned = default_recipe.build_model(default_recipe.RecipeConfig(tune_blocks=1))
+    stages = tuned.backbone.body.blocks
+    assert all(p.requires_grad for p in stages[-1].parameters())
+    assert not any(p.requires_grad for stage in stages[:-1] for p in stage.parameters())
+    with pytest.raises(ValueError, match="stages to tune"):
+        default_recipe.build_model(default_recipe.RecipeConfig(tune_blocks=99))

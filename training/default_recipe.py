@@ -41,7 +41,12 @@ class RecipeConfig:
     val_every: int = 100
     val_episodes: int = 32
     seed: int = 0
-    pair_prob: float = 0.3  # episodes whose queries are other clip frames (training.views.make_pair_episode)
+    # The view mix. The defaults made the shipped model; `--pairs` turns on clip frame pairs, elastic warps and
+    # keypoint sets of varied spread (measured as a fine-tuning stage: no gain, see the README's model card).
+    pair_prob: float = 0.0  # episodes whose queries are other clip frames (training.views.make_pair_episode)
+    elastic_prob: float = 0.0
+    keypoint_spread: tuple[float, float] = (1.0, 1.0)
+    tune_blocks: int = 0  # backbone stages trained (from the last, at a tenth of the learning rate); 0 = frozen
 
 
 def build_model(cfg: RecipeConfig) -> CapeModel:
@@ -54,6 +59,12 @@ def build_model(cfg: RecipeConfig) -> CapeModel:
     # the backward pass stops at the head, which makes a CPU step about twice as cheap.
     for p in model.backbone.parameters():
         p.requires_grad_(False)
+    if cfg.tune_blocks:
+        stages = getattr(model.backbone.body, "blocks", None)
+        if stages is None or cfg.tune_blocks > len(stages):
+            raise ValueError(f"tune_blocks={cfg.tune_blocks}: the backbone has {len(stages or [])} stages to tune")
+        for p in stages[len(stages) - cfg.tune_blocks :].parameters():
+            p.requires_grad_(True)
     return model
 
 
@@ -182,8 +193,10 @@ def train(out: Path, minutes: float, cfg: RecipeConfig, init: Path | None = None
     model = build_model(cfg)
     if init is not None:
         model.load_state_dict(CapeModel.from_checkpoint(init).float().state_dict())
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    groups = [{"params": head, "scale": 1.0}] + ([{"params": backbone, "scale": 0.1}] if backbone else [])
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     step = 0
     state_path = out / "state.pt"
@@ -196,7 +209,12 @@ def train(out: Path, minutes: float, cfg: RecipeConfig, init: Path | None = None
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed at step {step}", flush=True)
 
-    view = ViewConfig(input_size=model.input_size, pair_prob=cfg.pair_prob)
+    view = ViewConfig(
+        input_size=model.input_size,
+        pair_prob=cfg.pair_prob,
+        elastic_prob=cfg.elastic_prob,
+        keypoint_spread=cfg.keypoint_spread,
+    )
     train_images, train_clips = load_images("train"), load_clips("train")
     val_rng = np.random.default_rng(12345)  # the same validation episodes in every run
     val_images, val_clips = load_images("val"), load_clips("val")
@@ -222,7 +240,7 @@ def train(out: Path, minutes: float, cfg: RecipeConfig, init: Path | None = None
         print(f"step 0 val PCK@0.05 {val['pck05']:.3f} PCK@0.1 {val['pck10']:.3f}", flush=True)
     while step < cfg.steps and time.perf_counter() - t0 < minutes * 60:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg) * g["scale"]
         batch = make_batch(train_images, cfg.episodes_per_step, cfg.queries_per_episode, view, rng, train_clips)
         emb, pred = run_batch(model, batch, cfg.queries_per_episode)
         losses = cape_losses(pred, emb.mask, batch["query_xy"], batch["query_visible"], model.input_size)
@@ -285,10 +303,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=RecipeConfig.lr, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=RecipeConfig.warmup, help="linear warm-up steps")
     p.add_argument("--init", type=Path, help="start from this checkpoint (a fine-tuning stage) instead of ImageNet")
+    p.add_argument("--pairs", action="store_true", help="add clip frame-pair episodes, elastic warps, varied spread")
+    p.add_argument("--tune-blocks", type=int, default=0, metavar="K", help="also train the last K backbone stages")
     p.add_argument("--export", type=Path, help="write the trained model here instead of training")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = p.parse_args(argv)
-    cfg = RecipeConfig(steps=args.steps, lr=args.lr, warmup=args.warmup)
+    cfg = RecipeConfig(steps=args.steps, lr=args.lr, warmup=args.warmup, tune_blocks=args.tune_blocks)
+    if args.pairs:
+        cfg = dataclasses.replace(cfg, pair_prob=0.3, elastic_prob=0.5, keypoint_spread=(0.4, 1.0))
     if args.threads:
         # On a machine shared with other jobs one thread avoids oversubscription (measured ~3x faster here).
         torch.set_num_threads(args.threads)
