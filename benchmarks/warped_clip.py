@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from model.support import KeypointFile
-from training.views import VAL_PHOTOS, _photo, _sample
+from training.views import VAL_PHOTOS, load_photo, sample_bilinear
 
 NAMES_PREFIX = "p"
 
@@ -93,7 +93,7 @@ def make_clip(photo: np.ndarray, config: ClipConfig, rng: np.random.Generator) -
         frames.append(np.clip(frame * p[38:41], 0, 255).astype(np.uint8))
         q = points.copy()
         for _ in range(10):
-            q = points - _sample(field, q)
+            q = points - sample_bilinear(field, q)
         tracks[t] = cv2.perspectiveTransform(q[None], h)[0]
     return frames, tracks
 
@@ -119,7 +119,7 @@ def write_benchmark(out: Path, photo_name: str, seed: int, config: ClipConfig | 
     """Write clip.mp4, reference.json, support_fNNN.png/.json (frames 0 and 3/4 in) under `out`."""
     config = config or ClipConfig()
     out.mkdir(parents=True, exist_ok=True)
-    frames, tracks = make_clip(_photo(photo_name), config, np.random.default_rng(seed))
+    frames, tracks = make_clip(load_photo(photo_name), config, np.random.default_rng(seed))
     video = out / "clip.mp4"
     write_video(video, frames, config.fps)
     names = [f"{NAMES_PREFIX}{i}" for i in range(tracks.shape[1])]

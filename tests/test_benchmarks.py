@@ -159,3 +159,43 @@ def test_pck_dataset_command_reports_the_official_pck(tmp_path: Path, generated_
     report = json.loads(out.read_text())
     assert set(report["pck"]) == {"0.05", "0.1", "0.2"}
     assert all(0.0 <= v <= 1.0 for v in report["pck"].values())
+
+
+def test_warped_clip_ground_truth_follows_the_content(tmp_path: Path) -> None:
+    """The generated clip's reference keypoints sit on the same photo content in every frame (patch correlation
+    far above that of points 4 px off), its supports are clip frames, and LK from exact points scores high."""
+    import cv2
+
+    from benchmarks.warped_clip import ClipConfig, write_benchmark
+
+    config = ClipConfig(frames=16, size=(240, 180), key_every=8)
+    paths = write_benchmark(tmp_path, "coffee", seed=1, config=config)
+    reference = Tracks.load(paths["reference"])
+    frames, index = decode_all(paths["video"])
+    assert len(frames) == 16 and reference.xy.shape[0] == 16
+
+    def patch(image: np.ndarray, xy: np.ndarray) -> np.ndarray | None:
+        x, y = np.round(xy).astype(int)
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64)
+        if 5 <= x < gray.shape[1] - 5 and 5 <= y < gray.shape[0] - 5:
+            p = gray[y - 5 : y + 6, x - 5 : x + 6]
+            return (p - p.mean()) / (p.std() + 1e-9)
+        return None
+
+    def agreement(offset: float) -> float:
+        scores = []
+        for t in range(1, 16):
+            for a_xy, b_xy in zip(reference.xy[t - 1], reference.xy[t], strict=True):
+                a, b = patch(frames[t - 1], a_xy), patch(frames[t], b_xy + offset)
+                if a is not None and b is not None:
+                    scores.append(float((a * b).mean()))
+        return float(np.median(scores))
+
+    assert agreement(0.0) > 0.8 and agreement(4.0) < 0.5
+    for name, frame in (("support_f000", 0), ("support_f012", 12)):
+        image = load_image(paths[name])
+        assert locate_support_frame(frames, image) == frame
+        support = json.loads(paths[name].with_suffix(".json").read_text())
+        np.testing.assert_allclose(support["keypoints"], reference.xy[frame], atol=1e-3)
+    xy, visible = track_optical_flow(frames, 0, reference.xy[0])
+    assert pck_of_tracks(Tracks(reference.names, index, xy, visible), reference, skip={0}).pck[0.1] > 0.9

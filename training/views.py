@@ -39,7 +39,8 @@ def clip_dir() -> Path:
     return Path(spec.origin).parent / "datasets" / "data"
 
 
-def _photo(name: str) -> np.ndarray:
+def load_photo(name: str) -> np.ndarray:
+    """A scikit-image sample photo as [H, W, 3] uint8 RGB (grey and binary ones expanded), read from the package."""
     import skimage.data
 
     img = getattr(skimage.data, name)()
@@ -58,7 +59,7 @@ def _frames(path: Path, every: int) -> list[np.ndarray]:
 def load_images(split: str, frame_every: int = 10) -> list[np.ndarray]:
     """RGB uint8 images of the `train` or `val` split (disjoint photos and clips)."""
     photos, clips = (TRAIN_PHOTOS, TRAIN_CLIPS) if split == "train" else (VAL_PHOTOS, VAL_CLIPS)
-    images = [_photo(n) for n in photos]
+    images = [load_photo(n) for n in photos]
     for clip in clips:
         images += _frames(clip_dir() / clip, frame_every)
     return images
@@ -160,11 +161,11 @@ def _elastic(
     # slope is far below 1, so the fixed-point iteration p <- x - field(p) converges in a few steps.
     p = xy.astype(np.float64).copy()
     for _ in range(8):
-        p = xy - _sample(field, p)
+        p = xy - sample_bilinear(field, p)
     return warped, p
 
 
-def _sample(field: np.ndarray, xy: np.ndarray) -> np.ndarray:
+def sample_bilinear(field: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """Bilinear samples [N, C] of `field` [H, W, C] at points `xy` [N, 2] (clamped to the border)."""
     h, w = field.shape[:2]
     x = np.clip(xy[:, 0], 0, w - 1.001)
@@ -239,7 +240,7 @@ def make_pair_episode(
     from_support = np.linalg.inv(to_support)
     grid = np.stack(np.meshgrid(np.arange(s) + 0.5, np.arange(s) + 0.5), axis=-1).reshape(-1, 2)
     source = cv2.perspectiveTransform(grid[None], from_support)[0]
-    allowed = ~np.isnan(_sample(flows[0], source)).any(1).reshape(s, s)
+    allowed = ~np.isnan(sample_bilinear(flows[0], source)).any(1).reshape(s, s)
     xy_s = _pick_keypoints(
         support, _num_keypoints(cfg, rng), rng, margin=12, spread=rng.uniform(*cfg.keypoint_spread), allowed=allowed
     )
@@ -249,7 +250,7 @@ def make_pair_episode(
     views = []
     for u, flow in zip(others, flows, strict=True):
         hq = _homography(cfg, rng)
-        moved = xy_frame + _sample(flow, xy_frame)  # NaN where the flow is not trusted
+        moved = xy_frame + sample_bilinear(flow, xy_frame)  # NaN where the flow is not trusted
         xy = cv2.perspectiveTransform(np.nan_to_num(moved, nan=-1e4)[None], hq @ to_support)[0]
         views.append(_query_view(frames[u], hq @ to_support, xy, cfg, rng, known=~np.isnan(moved).any(1)))
     return _episode(support, xy_s, views, rng)
