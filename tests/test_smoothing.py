@@ -9,7 +9,7 @@ import pytest
 from filterpy.common import Q_discrete_white_noise
 from filterpy.kalman import KalmanFilter
 
-from tracker.smoothing import KalmanSmoother, SmootherConfig, optical_flow, predict
+from tracker.smoothing import FlowImage, KalmanSmoother, SmootherConfig, optical_flow, predict
 
 NO_GATE = SmootherConfig(flow=False, gate=1e12, min_score=0.0)
 
@@ -146,8 +146,18 @@ def _texture(shift: tuple[float, float]) -> np.ndarray:
 
 def test_optical_flow_finds_the_shift() -> None:
     points = np.array([[60.0, 50.0], [90.0, 70.0], [100.0, 40.0]])
-    flow = optical_flow(_texture((0, 0)), _texture((2.5, -1.5)), points, max_error=1.0)
+    prev, moved = (FlowImage.from_rgb(np.stack([_texture(s)] * 3, axis=-1)) for s in ((0, 0), (2.5, -1.5)))
+    flow = optical_flow(prev, moved, points, max_error=1.0)
     np.testing.assert_allclose(flow, [[2.5, -1.5]] * 3, atol=0.2)
+
+
+def test_optical_flow_on_large_frames_runs_downscaled_in_frame_pixels() -> None:
+    """A 1280x960 frame is tracked at 640x480; displacements still come back in frame px."""
+    big = [cv2.resize(np.stack([_texture(s)] * 3, axis=-1), (1280, 960)) for s in ((0, 0), (2.0, 1.0))]
+    prev, moved = FlowImage.from_rgb(big[0]), FlowImage.from_rgb(big[1])
+    assert prev.factor == 0.5 and prev.gray.shape == (480, 640)
+    flow = optical_flow(prev, moved, np.array([[500.0, 400.0], [700.0, 500.0]]), max_error=2.0)
+    np.testing.assert_allclose(flow, [[16.0, 8.0]] * 2, atol=0.5)  # the texture moved 2 px at 160 px: 16 px here
 
 
 def test_flow_is_the_motion_prediction() -> None:

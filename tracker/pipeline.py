@@ -198,8 +198,8 @@ class Tracker:
 
     def _submit(self, frames: list[Frame], state: TrackState) -> _Submitted:
         boxes = [self._box(frame, state) for frame in frames]
-        searching = [state.xy is None or box == whole_frame(f.image.shape[1], f.image.shape[0])
-                     for f, box in zip(frames, boxes, strict=True)]  # fmt: skip
+        wholes = [whole_frame(f.image.shape[1], f.image.shape[0]) for f in frames]
+        searching = [box == whole for box, whole in zip(boxes, wholes, strict=True)]
         return _Submitted(frames, boxes, self._predict(frames, boxes), searching)
 
     def _predict(self, frames: Sequence[Frame], boxes: Sequence[SquareBox]) -> HostResult:

@@ -47,7 +47,7 @@ class SmootherState:
     tracked: np.ndarray  # [N] bool, started by a confident measurement (else x is meaningless)
     low: np.ndarray  # [N] int, consecutive frames scoring below min_score
     rejected: np.ndarray  # [N] int, consecutive confident measurements rejected by the gate
-    gray: np.ndarray | None  # [H, W] uint8 previous frame for optical flow (None: flow off or first frame)
+    flow: FlowImage | None  # the previous frame prepared for optical flow (None: flow off, or the first frame)
 
     @property
     def xy(self) -> np.ndarray:
@@ -92,7 +92,7 @@ class KalmanSmoother:
             tracked=np.zeros(n, bool),
             low=np.zeros(n, np.int64),
             rejected=np.zeros(n, np.int64),
-            gray=None,
+            flow=None,
         )
 
     def step(
@@ -112,10 +112,10 @@ class KalmanSmoother:
         c = self.config
         xy = np.asarray(xy, np.float64)
         scores = np.asarray(scores, np.float64)
-        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if (c.flow and image is not None) else None
+        flow = FlowImage.from_rgb(image) if (c.flow and image is not None) else None
         motion = np.full(xy.shape, np.nan)
-        if gray is not None and state.gray is not None and state.gray.shape == gray.shape and state.tracked.any():
-            motion[state.tracked] = optical_flow(state.gray, gray, state.xy[state.tracked], c.flow_max_error)
+        if flow is not None and state.flow is not None and state.flow.shape == flow.shape and state.tracked.any():
+            motion[state.tracked] = optical_flow(state.flow, flow, state.xy[state.tracked], c.flow_max_error)
         # Flow-predicted keypoints get the (small) flow error as process noise, the others the acceleration noise:
         # the filter then follows the precise frame-to-frame flow and the network corrects its drift.
         q = np.where(np.isnan(motion).any(-1), (c.accel_std * scale) ** 2, (c.flow_std * scale) ** 2)
@@ -135,7 +135,7 @@ class KalmanSmoother:
         low = np.where(confident, 0, state.low + 1)
         visible = tracked & (low < c.hide_after)
         x[tracked & ~visible, :, 1] = 0.0  # a hidden keypoint stays where it was last seen instead of drifting
-        new = SmootherState(x, p, tracked, low, rejected, gray)
+        new = SmootherState(x, p, tracked, low, rejected, flow)
         out_xy = np.where(tracked[:, None], x[:, :, 0], xy)
         return Smoothed(new, out_xy, visible, StepRecord(x, p, motion, dt, q, fresh | ~tracked))
 
@@ -215,25 +215,47 @@ def update(
 
 
 FLOW_MAX_SIDE = 640  # px: optical flow runs on frames downscaled to at most this longer side
+FLOW_WINDOW = (21, 21)  # px, LK window per pyramid level
+FLOW_LEVELS = 3  # pyramid levels above the flow image
+# (OpenCV 5's Python binding takes images, not prebuilt pyramids, so each LK call builds its own.)
 
 
-def optical_flow(prev_gray: np.ndarray, gray: np.ndarray, xy: np.ndarray, max_error: float) -> np.ndarray:
-    """Displacement [M, 2] of points `xy` [M, 2] from `prev_gray` to `gray` by pyramidal Lucas-Kanade, NaN where
-    the forward-backward check disagrees by more than `max_error` px or the point leaves the frame."""
-    params = dict(winSize=(21, 21), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
-    # Large frames are tracked at reduced size: the pyramids dominate the cost (about 8 ms per 720p frame), while
-    # the Kalman update for 100 keypoints takes 0.2 ms.
-    factor = min(1.0, FLOW_MAX_SIDE / max(gray.shape))
-    if factor < 1.0:
-        size = (round(gray.shape[1] * factor), round(gray.shape[0] * factor))
-        prev_gray = cv2.resize(prev_gray, size, interpolation=cv2.INTER_AREA)
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-        return optical_flow(prev_gray, gray, xy * factor, max_error * factor) / factor
-    p0 = xy.astype(np.float32).reshape(-1, 1, 2)
-    p1, ok1, _ = cv2.calcOpticalFlowPyrLK(prev_gray, gray, p0, None, **params)
-    back, ok2, _ = cv2.calcOpticalFlowPyrLK(gray, prev_gray, p1, None, **params)
-    height, width = gray.shape
-    p1, back = p1.reshape(-1, 2).astype(np.float64), back.reshape(-1, 2)
+@dataclass(frozen=True)
+class FlowImage:
+    """A frame prepared once for optical flow: grey, at flow resolution. Each frame is the "next" image of one step
+    and the "previous" of the following one, so it is converted and resized once, not twice."""
+
+    shape: tuple[int, int]  # (H, W) of the frame
+    factor: float  # flow px per frame px (<= 1: large frames are tracked downscaled)
+    gray: np.ndarray  # [h, w] uint8
+
+    @classmethod
+    def from_rgb(cls, image: np.ndarray) -> FlowImage:
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        factor = min(1.0, FLOW_MAX_SIDE / max(gray.shape))
+        if factor < 1.0:  # the pyramids dominate the cost (about 8 ms per 720p frame at full size)
+            size = (round(gray.shape[1] * factor), round(gray.shape[0] * factor))
+            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        return cls(image.shape[:2], factor, gray)
+
+
+def optical_flow(prev: FlowImage, image: FlowImage, xy: np.ndarray, max_error: float) -> np.ndarray:
+    """Displacement [M, 2] (frame px) of points `xy` [M, 2] from `prev` to `image` by pyramidal Lucas-Kanade, NaN
+    where the forward-backward check disagrees by more than `max_error` frame px or the point leaves the frame."""
+    if prev.shape != image.shape:
+        raise ValueError(f"optical flow between frames of different sizes {prev.shape} and {image.shape}")
+    params = dict(
+        winSize=FLOW_WINDOW,
+        maxLevel=FLOW_LEVELS,
+        criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03),
+    )
+    f = image.factor
+    p0 = (xy * f).astype(np.float32).reshape(-1, 1, 2)
+    p1, ok1, _ = cv2.calcOpticalFlowPyrLK(prev.gray, image.gray, p0, None, **params)
+    back, ok2, _ = cv2.calcOpticalFlowPyrLK(image.gray, prev.gray, p1, None, **params)
+    height, width = image.shape
+    p1 = p1.reshape(-1, 2).astype(np.float64) / f
+    back = back.reshape(-1, 2).astype(np.float64) / f
     good = (ok1.ravel() == 1) & (ok2.ravel() == 1) & (np.linalg.norm(back - xy, axis=1) <= max_error)
     good &= (p1[:, 0] >= 0) & (p1[:, 0] <= width - 1) & (p1[:, 1] >= 0) & (p1[:, 1] <= height - 1)
     return np.where(good[:, None], p1 - xy, np.nan)
