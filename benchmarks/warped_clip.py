@@ -3,7 +3,7 @@
 A held-out photo (one the default model never trained on) moves through a smooth random trajectory of homographies
 (scale, rotation, perspective, shift) and smooth elastic bends, with slow lighting changes, and is written as an
 H.264 clip with its reference tracks (DESIGN.md's tracks format) and two supports: one from the first frame and one
-from a frame three quarters in. The `carphone` evaluation then stays a test: settings are chosen here.
+from a frame three quarters in. Tracker settings are compared here rather than on the real `carphone` evaluation clip.
 
     python -m benchmarks.warped_clip --out /tmp/warped --photo coffee --seed 0
     python -m benchmarks.pck tracks --video /tmp/warped/clip.mp4 --reference /tmp/warped/reference.json \\

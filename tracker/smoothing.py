@@ -18,8 +18,8 @@ class SmootherConfig:
     accel_std: float = 0.01  # process noise: random acceleration per frame^2, fraction of scale
     meas_std: float = 0.02  # measurement std at score 1 (about 5 px of a 256 input), fraction of scale
     # Measurement std = meas_std / score**score_power. The network's errors are heavy-tailed and its score falls
-    # when it is unsure, so low scores are distrusted more than in proportion (chosen on the generated clips of
-    # benchmarks/warped_clip.py, not on the evaluation clip).
+    # when it is unsure, so low scores are distrusted more than in proportion (compared on the generated clips of
+    # benchmarks/warped_clip.py).
     score_power: float = 2.0
     init_velocity_std: float = 0.05  # velocity std of a newly started keypoint, fraction of scale per frame
     min_score: float = 0.2  # a measurement scoring less is not used: the keypoint coasts
