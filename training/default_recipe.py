@@ -4,6 +4,12 @@ Resumable; logs a CSV curve.
 
     python -m training.default_recipe --out runs/default --minutes 70
     python -m training.default_recipe --out runs/default --export model/weights/default.pt   # after training
+
+A fine-tuning stage starts from a checkpoint and may add clip frame-pair episodes and train the last backbone
+stages (both measured in the README's model card; neither was shipped):
+
+    python -m training.default_recipe --out runs/ft --init model/weights/default.pt --lr 1e-4 --warmup 50 \
+        --steps 2000 --pairs --tune-blocks 1
 """
 
 from __future__ import annotations
