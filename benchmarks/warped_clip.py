@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -65,6 +66,8 @@ def make_clip(photo: np.ndarray, config: ClipConfig, rng: np.random.Generator) -
     mask = np.zeros_like(gray)
     mask[int(y0 + 0.1 * region) : int(y0 + 0.9 * region), int(x0 + 0.1 * region) : int(x0 + 0.9 * region)] = 255
     corners = cv2.goodFeaturesToTrack(gray, c.keypoints, 0.01, region / 8, mask=mask)
+    if corners is None or len(corners) < 2:
+        raise ValueError("the photo region has fewer than two corners to track (use a textured photo)")
     points = corners.reshape(-1, 2).astype(np.float64)  # photo px
     keys = c.frames // c.key_every + 2
     angle = rng.uniform(-c.max_rotation, c.max_rotation, keys)
@@ -147,7 +150,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--photo", default=VAL_PHOTOS[0], choices=VAL_PHOTOS, help="held-out photo to animate")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    for name, path in write_benchmark(args.out, args.photo, args.seed).items():
+    try:
+        paths = write_benchmark(args.out, args.photo, args.seed)
+    except OSError as exc:
+        print(
+            f"{p.prog}: error: cannot write under {args.out} ({exc.strerror or exc}) (choose a writable --out)",
+            file=sys.stderr,
+        )
+        return 2
+    for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
 

@@ -199,3 +199,13 @@ def test_warped_clip_ground_truth_follows_the_content(tmp_path: Path) -> None:
         np.testing.assert_allclose(support["keypoints"], reference.xy[frame], atol=1e-3)
     xy, visible = track_optical_flow(frames, 0, reference.xy[0])
     assert pck_of_tracks(Tracks(reference.names, index, xy, visible), reference, skip={0}).pck[0.1] > 0.9
+
+
+def test_warped_clip_command_reports_an_unwritable_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from benchmarks import warped_clip
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert warped_clip.main(["--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m benchmarks.warped_clip: error: cannot write")

@@ -150,3 +150,11 @@ def test_recipe_can_tune_the_last_backbone_stages() -> None:
     assert not any(p.requires_grad for stage in stages[:-1] for p in stage.parameters())
     with pytest.raises(ValueError, match="stages to tune"):
         default_recipe.build_model(default_recipe.RecipeConfig(tune_blocks=99))
+
+
+def test_recipe_reports_an_unreadable_init_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert default_recipe.main(["--out", str(tmp_path / "run"), "--init", str(bad), "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0]

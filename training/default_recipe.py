@@ -18,6 +18,7 @@ import argparse
 import csv
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import CapeModel, SupportEmbedding
+from model import CapeError, CapeModel, SupportEmbedding
 from model.config import get_preset
 from model.heatmaps import gaussian_heatmaps
 from model.transforms import normalize_images
@@ -221,9 +222,11 @@ def train(out: Path, minutes: float, cfg: RecipeConfig, init: Path | None = None
         elastic_prob=cfg.elastic_prob,
         keypoint_spread=cfg.keypoint_spread,
     )
-    train_images, train_clips = load_images("train"), load_clips("train")
+    train_images = load_images("train")
+    train_clips = load_clips("train") if cfg.pair_prob else []
     val_rng = np.random.default_rng(12345)  # the same validation episodes in every run
-    val_images, val_clips = load_images("val"), load_clips("val")
+    val_images = load_images("val")
+    val_clips = load_clips("val") if cfg.pair_prob else []
     val_batches = [
         make_batch(val_images, cfg.episodes_per_step, cfg.queries_per_episode, view, val_rng, val_clips)
         for _ in range(cfg.val_episodes // cfg.episodes_per_step)
@@ -320,10 +323,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         # On a machine shared with other jobs one thread avoids oversubscription (measured ~3x faster here).
         torch.set_num_threads(args.threads)
-    if args.export:
-        export(args.out, args.export, cfg)
-    else:
-        train(args.out, args.minutes, cfg, args.init)
+    try:
+        if args.export:
+            export(args.out, args.export, cfg)
+        else:
+            train(args.out, args.minutes, cfg, args.init)
+    except CapeError as exc:  # a checkpoint given to --init that cannot be read or does not fit
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -81,8 +81,8 @@ class ViewConfig:
     max_shift: float = 0.2  # of the input size
     perspective: float = 0.0012
     occluder_prob: float = 0.5
-    # Keypoints are picked in a centred square of this fraction of the support, so objects of many sizes are seen
-    # (the tracker shows the network objects spanning about half its input, see tracker.roi).
+    # Keypoints are picked in a square of this fraction of the support (at a random place), so objects of many
+    # sizes are seen (the tracker shows the network objects spanning about half its input, see tracker.roi).
     keypoint_spread: tuple[float, float] = (0.4, 1.0)
     elastic: float = 0.02  # std of the elastic warp's control-point displacements, fraction of the input
     elastic_prob: float = 0.5
@@ -296,8 +296,12 @@ def _query_view(
 
 
 def _episode(
-    support: np.ndarray, xy_s: np.ndarray, views: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng
+    support: np.ndarray,
+    xy_s: np.ndarray,
+    views: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    rng: np.random.Generator,
 ) -> dict[str, np.ndarray | list]:
+    """The episode record `make_batch` collates, from the support and its (query, keypoints, visible) views."""
     return {
         "support": _photometric(support, rng) if rng.random() < 0.5 else support,
         "support_xy": xy_s.astype(np.float32),
@@ -321,8 +325,8 @@ def _checked_flow(gray: np.ndarray, other: np.ndarray, max_error: float) -> np.n
     h, w = gray.shape
     base = np.stack(np.meshgrid(np.arange(w), np.arange(h)), axis=-1).astype(np.float32)
     target = base + forward
-    back = cv2.remap(backward, target[..., 0], target[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                     borderValue=(1e4, 1e4))  # fmt: skip
+    outside = (1e4, 1e4)  # a point flowing out of the frame gets a huge backward flow: it fails the check
+    back = cv2.remap(backward, target[..., 0], target[..., 1], cv2.INTER_LINEAR, borderValue=outside)
     bad = np.linalg.norm(forward + back, axis=-1) > max_error
     bad |= (target[..., 0] < 0) | (target[..., 0] > w - 1) | (target[..., 1] < 0) | (target[..., 1] > h - 1)
     forward[bad] = np.nan
