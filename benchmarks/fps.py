@@ -2,7 +2,7 @@
 the whole pipeline (throughput and per-frame latency), the cached support against re-encoding it every frame, batch
 sizes and accelerators. The ratios are the targets of DESIGN.md; a table is printed and `--json` keeps the figures.
 
-    python -m benchmarks.fps --video samples/sample.mp4 --support samples/sample.jpg --frames 60 --json fps.json
+    python -m cape_track.benchmarks.fps --video samples/sample.mp4 --support samples/sample.jpg --frames 60 --json fps.json
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ import av
 import cv2
 import numpy as np
 import torch
-
-from model import CapeError, CapeModel, Prediction, SupportEmbedding, SupportSet
-from tracker import (
+from cape_track.model import CapeError, CapeModel, Prediction, SupportEmbedding, SupportSet
+from cape_track.tracker import (
     Accelerator,
     Frame,
     FrameResult,
@@ -44,9 +43,9 @@ from tracker import (
     file_sinks,
     select_device,
 )
-from tracker.accel import ACCELS
+from cape_track.tracker.accel import ACCELS
 
-PROG = "benchmarks.fps"
+PROG = "cape_track.benchmarks.fps"
 STAGES = ("decode", "model", "smoother", "encode")
 OVERLAP_TARGET = 0.9  # pipeline fps / slowest stage fps (DESIGN.md, Targets)
 CACHED_TARGET = 1.5  # cached / per-frame support fps, 1-shot

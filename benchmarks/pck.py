@@ -2,8 +2,8 @@
 protocol, and (ii) of tracks on a real video against an independent reference tracks file, side by side with a plain
 optical-flow tracker started from the same support keypoints (DESIGN.md, Targets).
 
-    python -m benchmarks.pck dataset --checkpoint C --data-root IMAGES --ann-file ANN.json [--shots 1]
-    python -m benchmarks.pck tracks --video V --support S [--support S2] --reference R [--checkpoint C] --json OUT
+    python -m cape_track.benchmarks.pck dataset --checkpoint C --data-root IMAGES --ann-file ANN.json [--shots 1]
+    python -m cape_track.benchmarks.pck tracks --video V --support S [--support S2] --reference R [--checkpoint C] --json OUT
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cape_track.benchmarks.flow_baseline import track_optical_flow
+from cape_track.model import CapeError, CapeModel, SupportSet
+from cape_track.model.support import load_image
+from cape_track.tracker import FrameResult, Tracker, TrackerConfig, open_source, select_device
+from cape_track.training.evaluate import DEFAULT_EPISODES, DEFAULT_QUERIES, evaluate_split
+from cape_track.training.mp100 import load_split
 
-from benchmarks.flow_baseline import track_optical_flow
-from model import CapeError, CapeModel, SupportSet
-from model.support import load_image
-from tracker import FrameResult, Tracker, TrackerConfig, open_source, select_device
-from training.evaluate import DEFAULT_EPISODES, DEFAULT_QUERIES, evaluate_split
-from training.mp100 import load_split
-
-PROG = "benchmarks.pck"
+PROG = "cape_track.benchmarks.pck"
 THRESHOLDS = (0.05, 0.1, 0.2)
 FRAME_MATCH_TOLERANCE = 4.0  # mean absolute grey-level difference under which the support image is a clip frame
 

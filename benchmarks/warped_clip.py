@@ -5,8 +5,8 @@ A held-out photo (one the default model never trained on) moves through a smooth
 H.264 clip with its reference tracks (DESIGN.md's tracks format) and two supports: one from the first frame and one
 from a frame three quarters in. Tracker settings are compared here rather than on the real `carphone` evaluation clip.
 
-    python -m benchmarks.warped_clip --out /tmp/warped --photo coffee --seed 0
-    python -m benchmarks.pck tracks --video /tmp/warped/clip.mp4 --reference /tmp/warped/reference.json \\
+    python -m cape_track.benchmarks.warped_clip --out /tmp/warped --photo coffee --seed 0
+    python -m cape_track.benchmarks.pck tracks --video /tmp/warped/clip.mp4 --reference /tmp/warped/reference.json \\
         --support /tmp/warped/support_f000.png --support /tmp/warped/support_f090.png
 """
 
@@ -24,9 +24,8 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-
-from model.support import KeypointFile
-from training.views import VAL_PHOTOS, load_photo, sample_bilinear
+from cape_track.model.support import KeypointFile
+from cape_track.training.views import VAL_PHOTOS, load_photo, sample_bilinear
 
 NAMES_PREFIX = "p"
 
@@ -145,7 +144,9 @@ def write_benchmark(out: Path, photo_name: str, seed: int, config: ClipConfig | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.warped_clip", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m cape_track.benchmarks.warped_clip", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for the clip, reference and supports")
     p.add_argument("--photo", default=VAL_PHOTOS[0], choices=VAL_PHOTOS, help="held-out photo to animate")
     p.add_argument("--seed", type=int, default=0)

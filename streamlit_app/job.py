@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from model import CapeError, CapeModel, SupportSet
-from tracker import Accelerator, Tracker, TrackerConfig, file_sinks, open_source, output_paths
+from cape_track.model import CapeError, CapeModel, SupportSet
+from cape_track.tracker import Accelerator, Tracker, TrackerConfig, file_sinks, open_source, output_paths
 
 
 class JobState(Enum):

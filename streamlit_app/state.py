@@ -10,8 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-
-from model import CapeError, KeypointFile, SupportSet
+from cape_track.model import CapeError, KeypointFile, SupportSet
 
 MIN_KEYPOINTS = 1  # keypoints visible on every shot needed to track
 HISTORY_LIMIT = 200  # undo steps kept

@@ -82,7 +82,7 @@ def seeded() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def generated_mp100(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root of a generated MP-100-layout dataset: 5 toy categories x 6 images (3 train, 1 val, 1 test), 2 splits."""
-    from training.synthetic import generate
+    from cape_track.training.synthetic import generate
 
     root = tmp_path_factory.mktemp("mp100")
     generate(root, categories=5, images_per_category=6, splits=2, seed=0, size_range=(96, 160))

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from model import CapeModel
-from model.backbone import Backbone
-from model.config import BackboneConfig, get_preset
+from cape_track.model import CapeModel
+from cape_track.model.backbone import Backbone
+from cape_track.model.config import BackboneConfig, get_preset
 
 
 @pytest.mark.slow

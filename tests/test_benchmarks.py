@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cape_track.benchmarks import fps, pck
+from cape_track.benchmarks.flow_baseline import track_optical_flow
+from cape_track.benchmarks.pck import BenchmarkError, Tracks, decode_all, locate_support_frame, pck_of_tracks
+from cape_track.model import CapeModel
+from cape_track.model.support import load_image
 from fixtures_media import write_clip, write_support
-
-from benchmarks import fps, pck
-from benchmarks.flow_baseline import track_optical_flow
-from benchmarks.pck import BenchmarkError, Tracks, decode_all, locate_support_frame, pck_of_tracks
-from model import CapeModel
-from model.support import load_image
 
 NAMES = ("a", "b", "c")
 
@@ -165,8 +164,7 @@ def test_warped_clip_ground_truth_follows_the_content(tmp_path: Path) -> None:
     """The generated clip's reference keypoints sit on the same photo content in every frame (patch correlation
     far above that of points 4 px off), its supports are clip frames, and LK from exact points scores high."""
     import cv2
-
-    from benchmarks.warped_clip import ClipConfig, write_benchmark
+    from cape_track.benchmarks.warped_clip import ClipConfig, write_benchmark
 
     config = ClipConfig(frames=16, size=(240, 180), key_every=8)
     paths = write_benchmark(tmp_path, "coffee", seed=1, config=config)
@@ -202,10 +200,10 @@ def test_warped_clip_ground_truth_follows_the_content(tmp_path: Path) -> None:
 
 
 def test_warped_clip_command_reports_an_unwritable_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from benchmarks import warped_clip
+    from cape_track.benchmarks import warped_clip
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     assert warped_clip.main(["--out", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("python -m benchmarks.warped_clip: error: cannot write")
+    assert len(err) == 1 and err[0].startswith("python -m cape_track.benchmarks.warped_clip: error: cannot write")

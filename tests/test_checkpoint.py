@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cape_track.model.checkpoint import infer_official_config, official_to_ours
+from cape_track.model.errors import CheckpointError
 
-import model
-from model.checkpoint import infer_official_config, official_to_ours
-from model.errors import CheckpointError
+from cape_track import model
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="shared/reference not present")

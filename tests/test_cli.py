@@ -15,12 +15,11 @@ from pathlib import Path
 import av
 import pytest
 import torch
+from cape_track.model import CapeModel
+from cape_track.tracker import cli
+from cape_track.tracker.sinks import output_paths
+from cape_track.tracker.sources import WebcamSource
 from fixtures_media import FakeCapture, write_clip, write_support
-
-from model import CapeModel
-from tracker import cli
-from tracker.sinks import output_paths
-from tracker.sources import WebcamSource
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,7 +147,14 @@ def test_every_bad_input_is_one_line_and_exit_2(inputs, checkpoint, tmp_path, ca
 @pytest.mark.slow
 def test_bad_input_in_a_real_process(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "tracker.cli", str(tmp_path / "missing.mp4"), "--support", str(tmp_path / "r.jpg")],
+        [
+            sys.executable,
+            "-m",
+            "cape_track.tracker.cli",
+            str(tmp_path / "missing.mp4"),
+            "--support",
+            str(tmp_path / "r.jpg"),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -186,7 +192,16 @@ def test_ctrl_c_leaves_valid_files_and_says_how_far_it_got(checkpoint, tmp_path:
     ref = write_support(clip, tmp_path / "support")
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "tracker.cli", str(clip.path), "--support", str(ref), "--checkpoint", str(checkpoint)]
+        [
+            sys.executable,
+            "-m",
+            "cape_track.tracker.cli",
+            str(clip.path),
+            "--support",
+            str(ref),
+            "--checkpoint",
+            str(checkpoint),
+        ]
         + ["--out", str(out), "--batch", "1"],
         cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1"},

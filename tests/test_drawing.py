@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from tracker.drawing import draw_pose, draw_text, keypoint_colors
+from cape_track.tracker.drawing import draw_pose, draw_text, keypoint_colors
 
 
 def test_colours_are_distinct_and_stable() -> None:

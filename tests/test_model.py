@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cape_track.model.decoder import skeleton_adjacency
 
-import model
-from model.decoder import skeleton_adjacency
+from cape_track import model
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_wrong_shapes_raise_value_error(net: model.CapeModel) -> None:
 
 def test_score_drops_when_the_support_feature_is_absent() -> None:
     """A keypoint whose appearance is everywhere (flat similarity) scores lower than a sharp, unique one."""
-    from model.score import keypoint_scores
+    from cape_track.model.score import keypoint_scores
 
     sharp = torch.full((1, 1, 16, 16), -10.0)
     sharp[0, 0, 5, 7] = 10.0

@@ -7,10 +7,9 @@ import pytest
 import skimage.data
 import timm
 import torch
-
-from model.errors import CheckpointError
-from model.pretrained import imagenet_state_dict, lite0_lukemelas_to_timm
-from model.transforms import normalize_images
+from cape_track.model.errors import CheckpointError
+from cape_track.model.pretrained import imagenet_state_dict, lite0_lukemelas_to_timm
+from cape_track.model.transforms import normalize_images
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from model import SupportSet
-from model.transforms import SquareBox, crop_to_input, frame_to_input, input_to_frame
-from tracker.roi import RoiConfig, follow, support_fraction, whole_frame, zoom_support
+from cape_track.model import SupportSet
+from cape_track.model.transforms import SquareBox, crop_to_input, frame_to_input, input_to_frame
+from cape_track.tracker.roi import RoiConfig, follow, support_fraction, whole_frame, zoom_support
 
 CONFIG = RoiConfig(margin=0.25, min_side=0.05, min_visible=0.5)
 

@@ -10,12 +10,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
-from model.transforms import SquareBox
-from tracker.errors import SinkError
-from tracker.pipeline import FrameResult
-from tracker.sinks import CsvSink, JsonSink, TrackInfo, VideoSink, WindowSink, file_sinks, output_paths
-from tracker.sources import Frame
+from cape_track.model.transforms import SquareBox
+from cape_track.tracker.errors import SinkError
+from cape_track.tracker.pipeline import FrameResult
+from cape_track.tracker.sinks import CsvSink, JsonSink, TrackInfo, VideoSink, WindowSink, file_sinks, output_paths
+from cape_track.tracker.sources import Frame
 
 NAMES = ("nose", "left_eye", "tail, tip")
 

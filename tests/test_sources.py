@@ -12,10 +12,9 @@ import av
 import cv2
 import numpy as np
 import pytest
+from cape_track.tracker.errors import SourceError, TrackerWarning
+from cape_track.tracker.sources import Frame, ImageFolderSource, VideoFileSource, WebcamSource, open_source
 from fixtures_media import FakeCapture, write_clip
-
-from tracker.errors import SourceError, TrackerWarning
-from tracker.sources import Frame, ImageFolderSource, VideoFileSource, WebcamSource, open_source
 
 
 def _wait_until(condition, timeout: float = 10.0) -> None:
@@ -232,7 +231,7 @@ def test_webcam_errors() -> None:
 
 
 def test_open_source_digit_means_webcam(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tracker.sources._open_camera", FakeCapture)
+    monkeypatch.setattr("cape_track.tracker.sources._open_camera", FakeCapture)
     with open_source("0") as source:
         assert isinstance(source, WebcamSource) and source.name == "webcam0"
 

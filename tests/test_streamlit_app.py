@@ -10,13 +10,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from cape_track.model import CapeModel, KeypointFile, SupportFileError, SupportSet
+from cape_track.streamlit_app.job import JobState, TrackingJob
+from cape_track.streamlit_app.state import Annotation, AnnotationError, History, pointer_edit
+from cape_track.tracker import TrackerConfig
 from fixtures_media import Clip, write_clip, write_support
 from streamlit.testing.v1 import AppTest
-
-from model import CapeModel, KeypointFile, SupportFileError, SupportSet
-from streamlit_app.job import JobState, TrackingJob
-from streamlit_app.state import Annotation, AnnotationError, History, pointer_edit
-from tracker import TrackerConfig
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py")
 
@@ -220,7 +219,7 @@ def _use_checkpoint(at: AppTest, checkpoint: Path) -> None:
 
 
 def test_page_says_when_the_embedded_model_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import model.checkpoint
+    from cape_track import model
 
     monkeypatch.setattr(model.checkpoint, "DEFAULT_CHECKPOINT", tmp_path / "default.pt")
     at = AppTest.from_file(APP, default_timeout=60)

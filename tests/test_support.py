@@ -8,9 +8,8 @@ import re
 import cv2
 import numpy as np
 import pytest
-
-from model.errors import SupportFileError
-from model.support import KeypointFile, SupportSet, load_image
+from cape_track.model.errors import SupportFileError
+from cape_track.model.support import KeypointFile, SupportSet, load_image
 
 
 def assert_one_line_error(excinfo: pytest.ExceptionInfo, where: object, problem: str) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from training.config import CONFIGS, ConfigError, TrainConfig, get_config
+from cape_track.training.config import CONFIGS, ConfigError, TrainConfig, get_config
 
 
 def test_released_settings_are_generated_by_name() -> None:

@@ -7,9 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
-
-from training.episodes import Episode, check_disjoint, official_test_episodes, training_episodes
-from training.mp100 import DatasetError, annotation_file, load_split
+from cape_track.training.episodes import Episode, check_disjoint, official_test_episodes, training_episodes
+from cape_track.training.mp100 import DatasetError, annotation_file, load_split
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cape_track.training.evaluate as evaluate
 import pytest
-
-import training.evaluate as evaluate
-from model import CapeModel
-from training.evaluate import evaluate_split, main
-from training.mp100 import annotation_file, load_split
+from cape_track.model import CapeModel
+from cape_track.training.evaluate import evaluate_split, main
+from cape_track.training.mp100 import annotation_file, load_split
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"
 KEYS = ["PCK@0.05", "PCK@0.1", "PCK@0.15", "PCK@0.2", "PCK@0.25", "mPCK", "NME", "AUC", "EPE"]

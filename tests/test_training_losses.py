@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from model import CapeModel, load_official_checkpoint
-from model.transforms import normalize_images
-from training.losses import cape_losses
+from cape_track.model import CapeModel, load_official_checkpoint
+from cape_track.model.transforms import normalize_images
+from cape_track.training.losses import cape_losses
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"
 

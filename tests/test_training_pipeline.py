@@ -8,11 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from model.transforms import affine_from_center_scale, apply_affine
-from training.episodes import official_test_episodes, training_episodes
-from training.mp100 import Instance, annotation_file, box_center_scale, load_split
-from training.pipeline import Augmentation, EpisodeDataset, collate_episodes, crop_instance, input_to_image
+from cape_track.model.transforms import affine_from_center_scale, apply_affine
+from cape_track.training.episodes import official_test_episodes, training_episodes
+from cape_track.training.mp100 import Instance, annotation_file, box_center_scale, load_split
+from cape_track.training.pipeline import Augmentation, EpisodeDataset, collate_episodes, crop_instance, input_to_image
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"
 needs_vectors = pytest.mark.skipif(not VECTORS.is_dir(), reason="shared/reference/vectors not present")

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from model.support import load_image
-from training.mp100 import annotation_file, load_split
-from training.synthetic import TEMPLATES, category_splits, generate, main
+from cape_track.model.support import load_image
+from cape_track.training.mp100 import annotation_file, load_split
+from cape_track.training.synthetic import TEMPLATES, category_splits, generate, main
 
 
 def test_layout_and_annotations_are_mp100_shaped(generated_mp100: Path) -> None:

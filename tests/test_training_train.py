@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from model import CapeModel
-from training.config import get_config
-from training.episodes import training_episodes
-from training.mp100 import annotation_file, load_split
-from training.pipeline import EpisodeDataset, collate_episodes
-from training.train import EpisodeLoss, build_model, learning_rate, load_backbone_weights, main, train
+from cape_track.model import CapeModel
+from cape_track.training.config import get_config
+from cape_track.training.episodes import training_episodes
+from cape_track.training.mp100 import annotation_file, load_split
+from cape_track.training.pipeline import EpisodeDataset, collate_episodes
+from cape_track.training.train import EpisodeLoss, build_model, learning_rate, load_backbone_weights, main, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,7 +116,7 @@ def test_backbone_init_from_microsoft_swinv2_layout(tmp_path: Path) -> None:
 def test_torchrun_two_cpu_processes(generated_mp100: Path, tmp_path: Path) -> None:
     sets = sum((["--set", s] for s in _settings(generated_mp100, tmp_path / "ddp", "max_steps=2")), [])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           "-m", "training.train", "synthetic", *sets, "--device", "cpu"]  # fmt: skip
+           "-m", "cape_track.training.train", "synthetic", *sets, "--device", "cpu"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

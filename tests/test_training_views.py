@@ -12,10 +12,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from model.config import get_preset
-from training import default_recipe, views
-from training.views import ViewConfig, make_episode, make_pair_episode
+from cape_track.model.config import get_preset
+from cape_track.training import default_recipe, views
+from cape_track.training.views import ViewConfig, make_episode, make_pair_episode
 
 SIZE = 128
 

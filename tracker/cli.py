@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from model import CapeModel, SupportSet
-from model.errors import CapeError
-from tracker.accel import ACCELS, Accelerator, configure_cpu_threads, select_device
-from tracker.errors import SinkError
-from tracker.pipeline import Tracker, TrackerConfig
-from tracker.sinks import Sink, WindowSink, file_sinks
-from tracker.sources import Source, WebcamSource, open_source
+from cape_track.model import CapeModel, SupportSet
+from cape_track.model.errors import CapeError
+from cape_track.tracker.accel import ACCELS, Accelerator, configure_cpu_threads, select_device
+from cape_track.tracker.errors import SinkError
+from cape_track.tracker.pipeline import Tracker, TrackerConfig
+from cape_track.tracker.sinks import Sink, WindowSink, file_sinks
+from cape_track.tracker.sources import Source, WebcamSource, open_source
 
 PROG = "cape-track"
 

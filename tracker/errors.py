@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from model.errors import CapeError
+from cape_track.model.errors import CapeError
 
 
 class SourceError(CapeError, OSError):

@@ -13,14 +13,13 @@ from itertools import islice
 
 import numpy as np
 import torch
-
-from model import CapeModel, SupportEmbedding, SupportSet
-from model.transforms import SquareBox, crop_to_input, input_to_frame, normalize_images
-from tracker.accel import Accelerator, HostResult
-from tracker.roi import RoiConfig, follow, support_fraction, whole_frame, zoom_support
-from tracker.sinks import Sink, TrackInfo
-from tracker.smoothing import KalmanSmoother, SmootherConfig, SmootherState, StepRecord
-from tracker.sources import Frame, Source
+from cape_track.model import CapeModel, SupportEmbedding, SupportSet
+from cape_track.model.transforms import SquareBox, crop_to_input, input_to_frame, normalize_images
+from cape_track.tracker.accel import Accelerator, HostResult
+from cape_track.tracker.roi import RoiConfig, follow, support_fraction, whole_frame, zoom_support
+from cape_track.tracker.sinks import Sink, TrackInfo
+from cape_track.tracker.smoothing import KalmanSmoother, SmootherConfig, SmootherState, StepRecord
+from cape_track.tracker.sources import Frame, Source
 
 Progress = Callable[[int, int | None], None]  # (frames done, frames expected or None)
 

@@ -10,9 +10,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from model.support import SupportSet
-from model.transforms import SquareBox, crop_to_input, frame_to_input
+from cape_track.model.support import SupportSet
+from cape_track.model.transforms import SquareBox, crop_to_input, frame_to_input
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING, BinaryIO
 import av
 import cv2
 import numpy as np
-
-from tracker.drawing import draw_pose, draw_text, keypoint_colors
-from tracker.errors import SinkError
+from cape_track.tracker.drawing import draw_pose, draw_text, keypoint_colors
+from cape_track.tracker.errors import SinkError
 
 if TYPE_CHECKING:
-    from tracker.pipeline import FrameResult
-    from tracker.sources import Frame
+    from cape_track.tracker.pipeline import FrameResult
+    from cape_track.tracker.sources import Frame
 
 H264_ENCODERS = ("libx264", "libopenh264", "h264_videotoolbox", "h264_nvenc")  # first one PyAV can open wins
 

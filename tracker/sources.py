@@ -16,8 +16,7 @@ from typing import Protocol
 import av
 import cv2
 import numpy as np
-
-from tracker.errors import SourceError, TrackerWarning
+from cape_track.tracker.errors import SourceError, TrackerWarning
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FPS = 25.0  # used when a stream does not say (image folders, some containers)

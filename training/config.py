@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from model import CapeError
+from cape_track.model import CapeError
 
 from .mp100 import SPLITS
 
@@ -127,7 +127,7 @@ def released(model: str, shots: int, split: int) -> TrainConfig:
     )
 
 
-# The generated stand-in dataset (`python -m training.synthetic data/synthetic`): EfficientNet-Lite0 with its
+# The generated stand-in dataset (`python -m cape_track.training.synthetic data/synthetic`): EfficientNet-Lite0 with its
 # packaged ImageNet weights, a short schedule with a higher learning rate, sized for a CPU.
 SYNTHETIC = TrainConfig(
     name="synthetic",
@@ -151,7 +151,7 @@ SYNTHETIC = TrainConfig(
     workers=0,
 )
 
-# Overfitting check on a small generated set (`python -m training.synthetic data/synthetic-small --categories 5
+# Overfitting check on a small generated set (`python -m cape_track.training.synthetic data/synthetic-small --categories 5
 # --images 8`): the tiny test network at 128 px, no augmentation, validated on its own training split.
 SYNTHETIC_OVERFIT = replace(
     SYNTHETIC,

@@ -2,13 +2,13 @@
 started as a feature matcher and trained on two-view episodes of real photos and clip frames (`training.views`).
 Resumable; logs a CSV curve.
 
-    python -m training.default_recipe --out runs/default --minutes 70
-    python -m training.default_recipe --out runs/default --export model/weights/default.pt   # after training
+    python -m cape_track.training.default_recipe --out runs/default --minutes 70
+    python -m cape_track.training.default_recipe --out runs/default --export model/weights/default.pt   # after training
 
 A fine-tuning stage starts from a checkpoint and may add clip frame-pair episodes and train the last backbone
 stages (both measured in the README's model card; neither was shipped):
 
-    python -m training.default_recipe --out runs/ft --init model/weights/default.pt --lr 1e-4 --warmup 50 \
+    python -m cape_track.training.default_recipe --out runs/ft --init model/weights/default.pt --lr 1e-4 --warmup 50 \
         --steps 2000 --pairs --tune-blocks 1
 """
 
@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from model import CapeError, CapeModel, SupportEmbedding
-from model.config import get_preset
-from model.heatmaps import gaussian_heatmaps
-from model.transforms import normalize_images
+from cape_track.model import CapeError, CapeModel, SupportEmbedding
+from cape_track.model.config import get_preset
+from cape_track.model.heatmaps import gaussian_heatmaps
+from cape_track.model.transforms import normalize_images
 
 from .losses import cape_losses
 from .views import ViewConfig, load_clips, load_images, make_episode, make_pair_episode

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cape_track.model import CapeError, CapeModel
+from cape_track.model.transforms import normalize_images
 from torch.utils.data import DataLoader
-
-from model import CapeError, CapeModel
-from model.transforms import normalize_images
 
 from .config import ConfigError, get_config
 from .episodes import official_test_episodes

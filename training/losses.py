@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from model import Prediction
-from model.heatmaps import gaussian_heatmaps
+from cape_track.model import Prediction
+from cape_track.model.heatmaps import gaussian_heatmaps
 
 HEATMAP_LOSS_WEIGHT = 2.0
 

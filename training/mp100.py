@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from model import CapeError
+from cape_track.model import CapeError
 
 SUBSETS = ("train", "val", "test")
 SPLITS = (1, 2, 3, 4, 5)
@@ -94,7 +93,7 @@ def annotation_file(data_root: str | Path, split: int, subset: str) -> Path:
     if not root.is_dir():
         raise DatasetError(
             f"{root}: dataset root not found (expected ROOT/annotations/*.json and ROOT/images/; "
-            "pass --set data_root=DIR, or generate a stand-in with `python -m training.synthetic DIR`)"
+            "pass --set data_root=DIR, or generate a stand-in with `python -m cape_track.training.synthetic DIR`)"
         )
     return root / "annotations" / f"mp100_split{split}_{subset}.json"
 

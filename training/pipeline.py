@@ -14,11 +14,10 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 import torch
+from cape_track.model import SupportFileError
+from cape_track.model.support import load_image
+from cape_track.model.transforms import affine_from_center_scale, apply_affine
 from torch.utils.data import Dataset
-
-from model import SupportFileError
-from model.support import load_image
-from model.transforms import affine_from_center_scale, apply_affine
 
 from .episodes import Episode
 from .mp100 import PIXEL_STD, DatasetError, Instance, Mp100Split

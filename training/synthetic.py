@@ -1,4 +1,4 @@
-"""A generated stand-in for MP-100 in exactly its file layout: `python -m training.synthetic OUT_DIR`.
+"""A generated stand-in for MP-100 in exactly its file layout: `python -m cape_track.training.synthetic OUT_DIR`.
 
 Each category is a toy articulated object (a star, a hand, a biped...) with its own keypoints and skeleton. Every
 image shows one instance, randomly posed, stretched and bent, drawn with coloured joints and limbs on a photo
@@ -285,7 +285,7 @@ def generate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.synthetic", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m cape_track.training.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", help="dataset root to write (annotations/ and images/)")
     parser.add_argument("--categories", type=int, default=10, help=f"1-{len(TEMPLATES)} (default 10)")
     parser.add_argument("--images", type=int, default=30, help="images per category (default 30)")

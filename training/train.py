@@ -24,14 +24,13 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from cape_track.model import CapeError, CapeModel, CheckpointError
+from cape_track.model.checkpoint import FORMAT, FORMAT_VERSION
+from cape_track.model.config import get_preset
+from cape_track.model.transforms import normalize_images
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-
-from model import CapeError, CapeModel, CheckpointError
-from model.checkpoint import FORMAT, FORMAT_VERSION
-from model.config import get_preset
-from model.transforms import normalize_images
 
 from .config import ConfigError, TrainConfig, get_config
 from .episodes import check_disjoint, training_episodes
