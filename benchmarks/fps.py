@@ -26,6 +26,7 @@ import av
 import cv2
 import numpy as np
 import torch
+
 from cape_track.model import CapeError, CapeModel, Prediction, SupportEmbedding, SupportSet
 from cape_track.tracker import (
     Accelerator,

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from cape_track.benchmarks.flow_baseline import track_optical_flow
+from cape_track.benchmarks.matching_baseline import layout_ceiling, nn_matching, object_fraction, reference_boxes
 from cape_track.model import CapeError, CapeModel, SupportSet
 from cape_track.model.support import load_image
 from cape_track.tracker import FrameResult, Tracker, TrackerConfig, open_source, select_device
@@ -85,6 +87,8 @@ class PckResult:
     keypoints: int  # keypoint instances evaluated
     frames: int  # reference frames evaluated
     mean_error_px: float  # mean distance to the reference over the same instances (frame px)
+    visible_precision: float  # of the points reported visible, the fraction the reference has visible
+    visible_recall: float  # of the reference's visible points, the fraction reported visible
 
 
 def pck_of_tracks(
@@ -107,15 +111,19 @@ def pck_of_tracks(
     skip = set(skip)
     errors, norms = [], []  # per evaluated keypoint instance: distance px, box size px
     frames = 0
+    said, true_said, truth = 0, 0, 0  # visibility: reported visible, ... and visible in the reference, reference
     for t, frame_index in enumerate(reference.index):
         vis = reference.visible[t]
+        found = row.get(int(frame_index))
+        if int(frame_index) not in skip and found is not None:
+            reported = tracks.visible[found]
+            said, true_said, truth = said + reported.sum(), true_said + (reported & vis).sum(), truth + vis.sum()
         if int(frame_index) in skip or not vis.any():
             continue
         ref = reference.xy[t, vis]  # [M, 2]
         size = float((ref.max(axis=0) - ref.min(axis=0)).max())
         if size <= 0:
             continue
-        found = row.get(int(frame_index))
         pred = tracks.xy[found, vis] if found is not None else np.full_like(ref, np.nan)
         errors.append(np.linalg.norm(pred - ref, axis=1))
         norms.append(np.full(len(ref), size))
@@ -125,7 +133,10 @@ def pck_of_tracks(
     error, norm = np.concatenate(errors), np.concatenate(norms)
     with np.errstate(invalid="ignore"):  # NaN (missing frames) compares False: wrong
         pck = {float(thr): float(np.mean(error / norm < thr)) for thr in thresholds}
-    return PckResult(pck, len(error), frames, float(np.nanmean(error)) if np.isfinite(error).any() else np.nan)
+    mean_error = float(np.nanmean(error)) if np.isfinite(error).any() else np.nan
+    precision = true_said / said if said else np.nan
+    recall = true_said / truth if truth else np.nan
+    return PckResult(pck, len(error), frames, mean_error, float(precision), float(recall))
 
 
 # --------------------------------------------------------------------------------------------------- runs
@@ -146,7 +157,7 @@ def locate_support_frame(frames: Sequence[np.ndarray], image: np.ndarray, name: 
 
 
 def track_with_model(model: CapeModel, support: SupportSet, video: Path, config: TrackerConfig) -> Tracks:
-    """The tracker as `cape-track` runs it (streaming source, ROI follow, batches), without sinks."""
+    """The tracker as `cape-track` runs it (streaming source, ROI follow, search, batches), without sinks."""
     tracker = Tracker(model, support, config)
     with open_source(video) as source:
         results = list(tracker.run(source))
@@ -177,6 +188,8 @@ class Row:
             "keypoints": r.keypoints,
             "frames": r.frames,
             "mean_error_px": r.mean_error_px,
+            "visible_precision": r.visible_precision,
+            "visible_recall": r.visible_recall,
         }
 
 
@@ -189,10 +202,15 @@ def compare_on_video(
     batch: int = 4,
     thresholds: Sequence[float] = THRESHOLDS,
 ) -> list[Row]:
-    """For each support (a 1-shot run each): the tracker with its smoother, the raw network, and LK optical flow
-    from the support's keypoints on its frame. The support's own frame is left out of every score."""
+    """For each support (a 1-shot run each), side by side: the tracker as shipped, its raw output (no smoother), the
+    network's own prediction where the finder is the default, nearest-neighbour matching of the backbone's features
+    (stride 16, and 8+16) and the support layout fitted on the reference (both on crops cut around the reference:
+    an advantage the tracker does not get), and LK optical flow from the support's keypoints when the support is a
+    frame of the clip (then that frame is left out of every score). A support that is not a frame of the clip (a
+    photo of another instance) has no LK row."""
     model = CapeModel.from_checkpoint(checkpoint, device=select_device(device))
     images, index = decode_all(video)
+    boxes = None
     rows = []
     for path in supports:
         support = SupportSet.from_files(path)
@@ -201,28 +219,49 @@ def compare_on_video(
                 f"{path}: keypoints {list(support.names)} differ from the reference's {list(reference.names)} "
                 "(use a support annotated with the reference's keypoints)"
             )
-        start = locate_support_frame(images, load_image(path), str(path))
-        skip = {int(index[start])}
-        runs = {
-            "cape-track (model + smoother)": track_with_model(model, support, video, TrackerConfig(batch=batch)),
-            "cape-track raw (no smoother)": track_with_model(
-                model, support, video, TrackerConfig(batch=batch, smooth=False)
-            ),
-        }
-        xy, visible = track_optical_flow(images, start, support.keypoints[0])
-        runs["LK optical flow"] = Tracks(support.names, index, xy, visible)
+        try:
+            start: int | None = locate_support_frame(images, load_image(path), str(path))
+        except BenchmarkError:
+            start = None  # another instance: no LK baseline, every frame scored
+        skip = {int(index[start])} if start is not None else set()
+        runs = {"cape-track": track_with_model(model, support, video, TrackerConfig(batch=batch))}
+        runs["cape-track raw (no smoother)"] = track_with_model(
+            model, support, video, TrackerConfig(batch=batch, smooth=False)
+        )
+        if model.can_match:
+            runs["graph network + smoother (finder off)"] = track_with_model(
+                model, support, video, TrackerConfig(batch=batch, finder="network")
+            )
+            fraction = object_fraction(support, model.input_size)
+            boxes = reference_boxes(reference.xy, reference.visible, fraction)
+            frames = [images[int(np.flatnonzero(index == i)[0])] for i in reference.index]
+            for levels in ("16", "8+16"):
+                xy = nn_matching(model, support, frames, boxes, levels)
+                runs[f"NN matching s{levels} (reference crop)"] = Tracks(
+                    support.names, reference.index, xy, np.isfinite(xy[..., 0])
+                )
+        if start is not None:
+            xy, visible = track_optical_flow(images, start, support.keypoints[0])
+            runs["LK optical flow"] = Tracks(support.names, index, xy, visible)
+        xy = layout_ceiling(support, reference.xy, reference.visible)
+        runs["support layout fitted to the reference (ceiling)"] = Tracks(
+            support.names, reference.index, xy, np.isfinite(xy[..., 0])
+        )
+        where = int(index[start]) if start is not None else None
         for method, tracks in runs.items():
-            rows.append(Row(path.name, int(index[start]), method, pck_of_tracks(tracks, reference, thresholds, skip)))
+            rows.append(Row(path.name, where, method, pck_of_tracks(tracks, reference, thresholds, skip)))
     return rows
 
 
 def markdown_table(rows: Sequence[Row], thresholds: Sequence[float] = THRESHOLDS) -> str:
-    head = "| support | method | " + " | ".join(f"PCK@{t:g}" for t in thresholds) + " | mean error px | n |"
-    lines = [head, "|" + "---|" * (len(thresholds) + 4)]
+    head = "| support | method | " + " | ".join(f"PCK@{t:g}" for t in thresholds) + " | mean error px | vis P/R | n |"
+    lines = [head, "|" + "---|" * (len(thresholds) + 5)]
     for row in rows:
+        r = row.result
         where = row.support if row.support_frame is None else f"{row.support} (frame {row.support_frame})"
-        cells = " | ".join(f"{100 * row.result.pck[float(t)]:.1f}" for t in thresholds)
-        lines.append(f"| {where} | {row.method} | {cells} | {row.result.mean_error_px:.2f} | {row.result.keypoints} |")
+        cells = " | ".join(f"{100 * r.pck[float(t)]:.1f}" for t in thresholds)
+        vis = f"{r.visible_precision:.2f}/{r.visible_recall:.2f}"
+        lines.append(f"| {where} | {row.method} | {cells} | {r.mean_error_px:.2f} | {vis} | {r.keypoints} |")
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+
 from cape_track.model.support import KeypointFile
 from cape_track.training.views import VAL_PHOTOS, load_photo, sample_bilinear
 

@@ -61,6 +61,18 @@ class Backbone(nn.Module):
         # Learned x2 upsampling of the pre-2024 SwinV2-B checkpoints (`backbone.upsample.*`, spec §2).
         self.upsample = nn.ConvTranspose2d(channels, channels, 2, stride=2) if cfg.upsample == "deconv" else None
 
+    @property
+    def has_pyramid(self) -> bool:
+        """True when a finer level (stride 8) sits below the feature level: the keypoint finder needs one."""
+        return self.cfg.family == "timm" and self.cfg.upsample == "none" and self.feature_indices[-1] > 0
+
+    def pyramid(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """`[stride-8 level, feature level]` in one pass; the last equals `forward(images)`."""
+        if not self.has_pyramid:
+            raise ValueError(f"backbone {self.cfg.name} has no finer level to read (only timm models at stride 16)")
+        level = self.feature_indices[-1]
+        return self.body.forward_intermediates(images, indices=(level - 1, level), intermediates_only=True)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.cfg.family == "swinv2":
             x = self.body.forward_features(images).permute(0, 3, 1, 2)  # NHWC -> NCHW

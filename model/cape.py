@@ -16,6 +16,7 @@ from .decoder import GraphDecoder, skeleton_adjacency
 from .encoder import Encoder
 from .heatmaps import gaussian_heatmaps
 from .layers import CoordinateHead, SinePositionalEncoding
+from .matching import MatchSupport, match_support
 from .outputs import Prediction, SupportEmbedding
 from .proposal import ProposalGenerator
 from .score import keypoint_scores
@@ -96,6 +97,24 @@ class CapeModel(nn.Module):
     @torch.no_grad()
     def encode_support_set(self, support: SupportSet) -> SupportEmbedding:
         """A `SupportSet` (full images, image-px keypoints) -> embedding: each shot letterboxed to the input."""
+        images, keypoints, visible = self.support_inputs(support)
+        return self.encode_support(
+            images[:, None], keypoints[:, None], visible[:, None], [[list(e) for e in support.skeleton]]
+        )
+
+    @property
+    def can_match(self) -> bool:
+        """Whether the keypoint finder (`model.matching`) can run on this backbone (it needs a stride-8 level)."""
+        return self.backbone.has_pyramid
+
+    @torch.no_grad()
+    def encode_match_support(self, support: SupportSet) -> MatchSupport:
+        """The finder's support: hypercolumns under the keypoints of each shot, and the layout to fit."""
+        images, keypoints, visible = self.support_inputs(support)
+        return match_support(self.backbone.pyramid(images), keypoints, visible, self.input_size)
+
+    def support_inputs(self, support: SupportSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Shots letterboxed to the input: images `[K, 3, S, S]`, keypoints `[K, N, 2]` input px, visible `[K, N]`."""
         s = self.input_size
         images, keypoints = [], []
         for image, xy in zip(support.images, support.keypoints):
@@ -103,19 +122,21 @@ class CapeModel(nn.Module):
             images.append(normalize_images(crop_to_input(image, box, s)))
             keypoints.append(torch.as_tensor(frame_to_input(xy, box, s), dtype=torch.float32))
         dev = self.device
-        return self.encode_support(
-            torch.stack(images)[:, None].to(dev),
-            torch.stack(keypoints)[:, None].to(dev),
-            torch.as_tensor(np.asarray(support.visible))[:, None].to(dev),
-            [[list(e) for e in support.skeleton]],
-        )
+        visible = torch.as_tensor(np.asarray(support.visible))
+        return torch.stack(images).to(dev), torch.stack(keypoints).to(dev), visible.to(dev)
 
     # ------------------------------------------------------------------------------------------------ queries
-    def forward(self, images: torch.Tensor, support: SupportEmbedding) -> Prediction:
-        """Keypoints of the support's category on each query image `[B, 3, S, S]` (normalised RGB)."""
+    def forward(
+        self, images: torch.Tensor, support: SupportEmbedding, features: torch.Tensor | None = None
+    ) -> Prediction:
+        """Keypoints of the support's category on each query image `[B, 3, S, S]` (normalised RGB).
+
+        `features`: the backbone's output for `images` when the caller already has it (the finder reads the same
+        pass's finer level), so the backbone runs once.
+        """
         b = _check_shape(images, "images", 4)[0]
         support = support.expand(b)
-        feats = self.backbone(images)
+        feats = self.backbone(images) if features is None else features
         x = self.input_proj(feats)  # [B, d, h, w]
         h, w = x.shape[-2:]
         pos = self.position.feature_map(h, w, x.device).flatten(1).T[:, None].expand(-1, b, -1)  # [HW, B, d]

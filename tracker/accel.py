@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from cape_track.tracker.errors import DeviceError, TrackerWarning
 from torch import nn
+
+from cape_track.tracker.errors import DeviceError, TrackerWarning
 
 ACCELS = ("none", "compile", "tensorrt")
 

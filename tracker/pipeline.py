@@ -4,6 +4,7 @@ once -> frame coordinates -> smoother -> sinks. `Tracker.step` is the core on an
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -13,7 +14,9 @@ from itertools import islice
 
 import numpy as np
 import torch
+
 from cape_track.model import CapeModel, SupportEmbedding, SupportSet
+from cape_track.model.matching import FinderConfig, Found, KeypointFinder
 from cape_track.model.transforms import SquareBox, crop_to_input, input_to_frame, normalize_images
 from cape_track.tracker.accel import Accelerator, HostResult
 from cape_track.tracker.roi import RoiConfig, follow, support_fraction, whole_frame, zoom_support
@@ -31,6 +34,21 @@ class TrackerConfig:
     offline: bool = False  # add a backward RTS pass (files only: results come after the whole video is read)
     roi: RoiConfig = field(default_factory=RoiConfig)
     smoother: SmootherConfig = field(default_factory=SmootherConfig)  # its min_score also gates raw visibility
+    # Who places the keypoints: "match" = the keypoint finder (`model.matching`: hypercolumn matching + the
+    # support's layout), "network" = the graph decoder's prediction, "auto" = the finder where the backbone has a
+    # finer level (the embedded default model), the network otherwise (the paper's SwinV2 checkpoints, unchanged).
+    finder: str = "auto"
+    finder_config: FinderConfig = field(default_factory=FinderConfig)
+    # Searching (start, lost track): besides the whole frame, overlapping tiles of 1/2 and 1/3 of its longer side,
+    # so a small object is seen at a working scale; the best-placed layout wins.
+    search_tiles: tuple[int, ...] = (2, 3)
+
+    def __post_init__(self) -> None:
+        if self.finder not in FINDERS:
+            raise ValueError(f"finder {self.finder!r} not in {FINDERS}")
+
+
+FINDERS = ("auto", "match", "network")
 
 
 @dataclass(frozen=True)
@@ -80,7 +98,7 @@ class StageTimes:
 class _Submitted:
     frames: list[Frame]
     boxes: list[SquareBox]
-    result: HostResult  # (xy_input [B, N, 2], scores [B, N]) on their way to the host
+    result: HostResult  # network: (xy_input [B, N, 2], scores [B, N]); finder: (similarity [B, N, h, w],)
     searching: list[bool]  # per frame: its box is the whole frame (nothing tracked yet, or the track was lost)
 
 
@@ -118,6 +136,14 @@ class Tracker:
         else:
             embedding = support
         self.embedding = embedding.to(self.accel.device)
+        use_finder = self.config.finder == "match" or (self.config.finder == "auto" and self.model.can_match)
+        if use_finder and not isinstance(support, SupportSet):
+            raise ValueError("the keypoint finder needs the SupportSet (images and keypoints), not an embedding")
+        self.finder = (
+            KeypointFinder(self.model.encode_match_support(support), self.model.input_size, self.config.finder_config)
+            if use_finder
+            else None
+        )
         n = self.embedding.num_keypoints
         self.names = tuple(names) if names is not None else tuple(f"kp{i}" for i in range(n))
         self.skeleton = tuple(tuple(edge) for edge in skeleton) if skeleton is not None else ()
@@ -211,36 +237,65 @@ class Tracker:
             crops[i] = crop_to_input(frame.image, box, s)
         images = normalize_images(self.accel.upload(host).permute(0, 3, 1, 2))  # [B, 3, S, S] on the device
         mid = time.perf_counter()
-        with self.accel.autocast():
-            prediction = self.model.predict(images, self.embedding)
-        result = self.accel.download(prediction.keypoints, prediction.scores)
+        with self.accel.autocast(), torch.no_grad():
+            if self.finder is not None:
+                result = self.accel.download(self.finder.similarity(self.model.backbone.pyramid(images)))
+            else:
+                prediction = self.model.predict(images, self.embedding)
+                result = self.accel.download(prediction.keypoints, prediction.scores)
         self.times.prepare += mid - start
         self.times.model += time.perf_counter() - mid
         return result
 
-    def _look_closer(
-        self, submitted: _Submitted, xy_input: np.ndarray, scores: np.ndarray
-    ) -> tuple[list[SquareBox], np.ndarray, np.ndarray]:
-        """Second look at frames searched whole: crop around what the first look found, at the support's scale,
-        and predict again. The whole frame shows a small object at too low a resolution to place its keypoints
-        well, and a track started from there would carry that error (the flow-driven smoother trusts its start)."""
+    def _found(self, result: HostResult) -> Found:
+        """The host side of a model call: the finder's layout fit on the similarity maps, or the network's output."""
+        arrays = result.wait()
+        if self.finder is not None:
+            return self.finder.locate(arrays[0])
+        xy, scores = arrays
+        return Found(xy, scores, scores.mean(axis=1), xy)
+
+    def _search(self, frame: Frame) -> tuple[SquareBox, Found]:
+        """Nothing tracked: look at the whole frame and at overlapping tiles of a few smaller sizes (a small person in
+        a wide street frame covers a few cells of the whole-frame view), keep the best-placed layout."""
+        height, width = frame.image.shape[:2]
+        boxes = [whole_frame(width, height)]
+        if self.finder is not None:
+            boxes += search_tiles(width, height, self.config.search_tiles)
+        found = [self._found(self._predict([frame] * len(chunk), chunk)) for chunk in _chunks(boxes, 8)]
+        placement = np.concatenate([f.placement for f in found])
+        best = int(np.argmax(placement))
+        pick = found[best // 8]
+        j = best % 8
+        one = Found(
+            pick.keypoints[j : j + 1], pick.scores[j : j + 1], pick.placement[j : j + 1], pick.layout[j : j + 1]
+        )
+        return boxes[best], one
+
+    def _look_closer(self, submitted: _Submitted, found: Found) -> tuple[list[SquareBox], np.ndarray, np.ndarray]:
+        """Frames searched (nothing tracked yet, or the track was lost): search at several scales, then look a second
+        time through a crop around what the search found, at the support's scale. The whole frame shows a small
+        object at too low a resolution to place its keypoints well, and a track started from there would carry that
+        error (the flow-driven smoother trusts its start)."""
         boxes = list(submitted.boxes)
+        xy_input, scores = found.keypoints.copy(), found.scores.copy()
         s = self.model.input_size
         redo: list[int] = []
-        for i, (frame, box) in enumerate(zip(submitted.frames, boxes, strict=True)):
+        for i, frame in enumerate(submitted.frames):
             if not submitted.searching[i]:
                 continue
+            if self.finder is not None:
+                boxes[i], best = self._search(frame)
+                xy_input[i], scores[i] = best.keypoints[0], best.scores[0]
             height, width = frame.image.shape[:2]
-            xy = input_to_frame(xy_input[i].astype(np.float64), box, s)
+            xy = input_to_frame(xy_input[i].astype(np.float64), boxes[i], s)
             closer = follow(xy, scores[i] >= self.config.smoother.min_score, width, height, self.config.roi)
-            if closer != box:
+            if closer != boxes[i]:
                 boxes[i] = closer
                 redo.append(i)
         if redo:
-            xy_input, scores = xy_input.copy(), scores.copy()
-            xy_input[redo], scores[redo] = self._predict(
-                [submitted.frames[i] for i in redo], [boxes[i] for i in redo]
-            ).wait()
+            again = self._found(self._predict([submitted.frames[i] for i in redo], [boxes[i] for i in redo]))
+            xy_input[redo], scores[redo] = again.keypoints, again.scores
         return boxes, xy_input, scores
 
     def _box(self, frame: Frame, state: TrackState) -> SquareBox:
@@ -254,17 +309,18 @@ class Tracker:
         self, submitted: _Submitted, state: TrackState
     ) -> tuple[list[FrameResult], TrackState, list[StepRecord]]:
         start = time.perf_counter()
-        xy_input, scores = submitted.result.wait()  # [B, N, 2] input px, [B, N]
-        self.times.model += time.perf_counter() - start
+        found = self._found(submitted.result)
+        xy_input, scores = found.keypoints, found.scores  # [B, N, 2] input px, [B, N]
         boxes = submitted.boxes
         if any(submitted.searching):
-            boxes, xy_input, scores = self._look_closer(submitted, xy_input, scores)
+            boxes, xy_input, scores = self._look_closer(submitted, found)
+        self.times.model += time.perf_counter() - start
         mid = time.perf_counter()
         s = self.model.input_size
         results, records = [], []
         for frame, box, xy_in, score in zip(submitted.frames, boxes, xy_input, scores, strict=True):
             xy = input_to_frame(xy_in.astype(np.float64), box, s)
-            score = score.astype(np.float64)
+            score = np.where(_inside(xy, frame.image.shape), score.astype(np.float64), 0.0)  # never seen outside
             if self.smoother is not None:
                 dt = 1.0 if state.last_time is None else max(frame.time - state.last_time, 0.0) * state.fps
                 out = self.smoother.step(state.filter, xy, score, scale=box.size, dt=dt, image=frame.image)
@@ -321,3 +377,33 @@ class Tracker:
                         return
             finally:
                 self.times.decode += again.busy_seconds
+
+
+def search_tiles(width: int, height: int, divisions: Sequence[int]) -> list[SquareBox]:
+    """Square tiles of side longer/d for each d, overlapping by half, covering the frame (clamped inside it)."""
+    longest = max(width, height)
+    tiles = []
+    for d in divisions:
+        side = longest / d
+        xs = _starts(width, side)
+        ys = _starts(height, side)
+        tiles += [SquareBox(x, y, side) for y in ys for x in xs]
+    return tiles
+
+
+def _starts(extent: int, side: float) -> list[float]:
+    """Window starts along one axis: half-overlapping, the last one flush with the far edge (centred if wider)."""
+    if side >= extent:
+        return [(extent - side) / 2.0]
+    count = math.ceil((extent - side) / (side / 2)) + 1
+    return [float(v) for v in np.linspace(0.0, extent - side, count)]
+
+
+def _chunks(items: list[SquareBox], size: int) -> list[list[SquareBox]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _inside(xy: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """[N] bool: the points lie on the frame (pixel centres at integers, so the edges are at -0.5 and size - 0.5)."""
+    height, width = shape[:2]
+    return (xy[:, 0] >= -0.5) & (xy[:, 0] <= width - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] <= height - 0.5)

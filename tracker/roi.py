@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from cape_track.model.support import SupportSet
 from cape_track.model.transforms import SquareBox, crop_to_input, frame_to_input
 

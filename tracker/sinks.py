@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import av
 import cv2
 import numpy as np
+
 from cape_track.tracker.drawing import draw_pose, draw_text, keypoint_colors
 from cape_track.tracker.errors import SinkError
 

@@ -16,6 +16,7 @@ from typing import Protocol
 import av
 import cv2
 import numpy as np
+
 from cape_track.tracker.errors import SourceError, TrackerWarning
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

@@ -1,0 +1,256 @@
+"""The keypoint finder of the default model: hypercolumn feature matching, pulled into place by the support's own
+keypoint layout, refined below the feature stride.
+
+Why it exists: on real clips the head trained on CPU added nothing over plain nearest-neighbour matching of its own
+backbone's features, it saw only stride-16 cells, and it ignored the one thing that makes a photo of *another*
+instance usable as a support: the geometry of the support's keypoints. The finder
+
+1. describes every stride-8 cell by a hypercolumn (the stride-8 and stride-16 backbone levels, each unit-normalised,
+   concatenated) and every support keypoint by the hypercolumn sampled under it (mean over the shots where it is
+   placed: a keypoint unplaced on one shot is ignored for that shot only);
+2. takes the few best local maxima of each keypoint's cosine-similarity map as candidates;
+3. fits the support layout to the candidates robustly (RANSAC over pairs of keypoints: a similarity transform, then
+   an affine least-squares refit on the inliers), so a right eye matched to the left eye or a chin dropped on the
+   collar is pulled back by the other points;
+4. places each keypoint at the best similarity near its fitted position (a quadratic distance penalty), refined to
+   sub-cell precision by a soft-argmax over the 3x3 cells around it.
+
+Only backbones with a finer feature level (timm models; the default EfficientNet-Lite0) have one; the paper's SwinV2
+checkpoints keep the network's own prediction unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class FinderConfig:
+    candidates: int = 3  # local maxima kept per keypoint for the layout fit
+    inlier_radius: float = 0.12  # RANSAC inlier distance, as a fraction of the fitted layout's extent
+    layout_weight: float = 1.0  # similarity lost per (distance / extent)^2 away from the fitted position
+    min_scale: float = 0.2  # plausible layout scales (query extent / support extent) during the fit
+    max_scale: float = 5.0
+    score_floor: float = 0.35  # cosine similarity mapped to score 0 (unrelated hypercolumns sit around 0.2-0.4)
+    score_ceiling: float = 0.8  # ... and to score 1 (the same point across frames of a clip: 0.7-0.95)
+    refine_temperature: float = 0.03  # soft-argmax temperature (cosine units) over the 3x3 cells around a pick
+
+
+@dataclass(frozen=True)
+class MatchSupport:
+    """What the finder needs from the support, computed once per stream (like `SupportEmbedding`)."""
+
+    descriptors: torch.Tensor  # [N, D] unit hypercolumns of the support keypoints (zeros where never placed)
+    placed: np.ndarray  # [N] bool: placed on at least one shot
+    layout: np.ndarray  # [N, 2] input px: the layout the fit moves (the shot with the most placed keypoints)
+    layout_visible: np.ndarray  # [N] bool: placed on that shot
+
+    @property
+    def num_keypoints(self) -> int:
+        return self.descriptors.shape[0]
+
+    def to(self, device: torch.device | str) -> MatchSupport:
+        return MatchSupport(self.descriptors.to(device), self.placed, self.layout, self.layout_visible)
+
+
+@dataclass(frozen=True)
+class Found:
+    """The finder's answer for a batch of query images."""
+
+    keypoints: np.ndarray  # [B, N, 2] input px
+    scores: np.ndarray  # [B, N] in [0, 1]
+    placement: np.ndarray  # [B] how well the whole layout was found: mean score of its inliers x inlier fraction
+    layout: np.ndarray  # [B, N, 2] input px: the fitted support layout (the geometric prior alone)
+
+
+def hypercolumns(levels: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Backbone levels `[B, C_l, h_l, w_l]` (finest first) -> unit hypercolumns `[B, sum C_l, h_0, w_0]`.
+
+    Each level is unit-normalised before concatenation so neither dominates by its channel count or magnitude.
+    """
+    size = levels[0].shape[-2:]
+    parts = [
+        F.normalize(F.interpolate(x, size=size, mode="bilinear", align_corners=False) if x.shape[-2:] != size else x)
+        for x in levels
+    ]
+    return F.normalize(torch.cat(parts, dim=1))
+
+
+def sample_at(features: torch.Tensor, xy_input: torch.Tensor, input_size: int) -> torch.Tensor:
+    """Bilinear samples `[B, N, D]` of `features` `[B, D, h, w]` at input-px points `xy_input` `[B, N, 2]`."""
+    grid = (xy_input + 0.5) / input_size * 2.0 - 1.0  # pixel centres at integers (model.transforms)
+    return F.grid_sample(features, grid[:, :, None], mode="bilinear", align_corners=False)[..., 0].transpose(1, 2)
+
+
+def match_support(
+    levels: Sequence[torch.Tensor], keypoints: torch.Tensor, visible: torch.Tensor, input_size: int
+) -> MatchSupport:
+    """Support shots' backbone levels (each `[K, C_l, h, w]`), keypoints `[K, N, 2]` input px, visible `[K, N]`."""
+    columns = hypercolumns(levels)
+    desc = sample_at(columns, keypoints.to(columns), input_size)  # [K, N, D]
+    weight = visible.to(desc)[..., None]
+    mean = (desc * weight).sum(0) / weight.sum(0).clamp(min=1.0)
+    placed = visible.any(0).cpu().numpy()
+    shot = int(visible.sum(1).argmax())
+    return MatchSupport(
+        F.normalize(mean, dim=-1) * torch.as_tensor(placed, device=mean.device)[:, None],
+        placed,
+        keypoints[shot].double().cpu().numpy(),
+        visible[shot].cpu().numpy().astype(bool),
+    )
+
+
+class KeypointFinder:
+    """Hypercolumn matching + layout fit + local refinement on batches of query crops (see the module docstring)."""
+
+    def __init__(self, support: MatchSupport, input_size: int, config: FinderConfig | None = None) -> None:
+        self.support = support
+        self.input_size = input_size
+        self.config = config or FinderConfig()
+
+    def similarity(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Cosine similarity `[B, N, h, w]` of every support keypoint to every cell of the query crops."""
+        columns = hypercolumns(levels)
+        return torch.einsum("nd,bdhw->bnhw", self.support.descriptors.to(columns), columns)
+
+    def find(self, levels: Sequence[torch.Tensor]) -> Found:
+        """`similarity` then `locate`, for callers that do not split device and host work."""
+        return self.locate(self.similarity(levels).float().cpu().numpy())
+
+    def locate(self, sim: np.ndarray) -> Found:
+        """The host part: layout fit and placement on similarity maps `[B, N, h, w]` (numpy)."""
+        sim = sim.astype(np.float64)
+        stride = self.input_size / sim.shape[-1]
+        out = [self._find_one(s, stride) for s in sim]
+        return Found(*(np.stack(parts) for parts in zip(*out, strict=True)))
+
+    # ------------------------------------------------------------------------------------------------ internals
+    def _find_one(self, sim: np.ndarray, stride: float) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+        c = self.config
+        n, h, w = sim.shape
+        placed = self.support.placed
+        cand_xy, cand_sim = _local_maxima(sim, c.candidates, stride)  # [N, M, 2] input px, [N, M]
+        layout = self.support.layout
+        usable = placed & self.support.layout_visible
+        fit = _fit_layout(layout, usable, cand_xy, cand_sim, c)
+        if fit is None:  # fewer than two usable keypoints: plain matching
+            prior = cand_xy[:, 0]
+            extent = float(self.input_size)
+            inliers = np.ones(n, bool)
+        else:
+            prior, extent, inliers = fit
+        # Place each keypoint: best similarity minus a quadratic pull towards its fitted position.
+        ys, xs = np.mgrid[0:h, 0:w]
+        cells = np.stack([xs, ys], -1) * stride + (stride - 1) / 2.0  # [h, w, 2] input px of cell centres
+        d2 = ((cells[None] - prior[:, None, None]) ** 2).sum(-1) / max(extent, stride) ** 2  # [N, h, w]
+        objective = sim - c.layout_weight * d2
+        flat = objective.reshape(n, -1).argmax(1)
+        py, px = np.divmod(flat, w)
+        xy = _refine(sim, py, px, stride, c.refine_temperature)
+        picked = sim[np.arange(n), py, px]
+        scores = np.clip((picked - c.score_floor) / (c.score_ceiling - c.score_floor), 0.0, 1.0)
+        scores = np.where(placed, scores, 0.0)
+        placement = float(scores[inliers & placed].sum() / max(placed.sum(), 1))
+        return xy, scores, placement, prior
+
+
+def _local_maxima(sim: np.ndarray, m: int, stride: float) -> tuple[np.ndarray, np.ndarray]:
+    """The `m` highest 3x3 local maxima of each map `[N, h, w]`: positions `[N, m, 2]` input px and values."""
+    t = torch.from_numpy(sim)[:, None]
+    peak = (t == F.max_pool2d(t, 3, stride=1, padding=1))[:, 0]
+    masked = torch.where(peak, torch.from_numpy(sim), torch.tensor(-2.0)).flatten(1)
+    values, flat = masked.topk(m, dim=1)
+    w = sim.shape[-1]
+    xy = torch.stack([flat % w, flat // w], -1).double().numpy() * stride + (stride - 1) / 2.0
+    values = values.numpy()
+    # A map with fewer than m maxima repeats its best one (value -2 marks the filler).
+    filler = values <= -2.0
+    xy[filler] = np.repeat(xy[:, :1], m, axis=1)[filler]
+    values = np.where(filler, values[:, :1], values)
+    return xy, values
+
+
+def _fit_layout(
+    layout: np.ndarray, usable: np.ndarray, cand_xy: np.ndarray, cand_sim: np.ndarray, c: FinderConfig
+) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """RANSAC: a similarity transform from each pair of keypoints' top candidates, scored by the similarity of the
+    candidates it explains; the best is refitted (affine when >= 4 inliers) on its inliers.
+
+    Returns the fitted layout `[N, 2]` input px (every keypoint, placed or not), its extent and the inlier mask.
+    """
+    idx = np.flatnonzero(usable)
+    if len(idx) < 2:
+        return None
+    src = layout[idx]
+    support_extent = float(np.ptp(src, axis=0).max())
+    if support_extent <= 0:
+        return None
+    # Hypotheses: every pair (i, j) of usable keypoints x each one's top-2 candidates.
+    pairs = [(a, b) for a in range(len(idx)) for b in range(a + 1, len(idx))]
+    pairs = [(a, b) for a, b in pairs if np.linalg.norm(src[a] - src[b]) > 0.15 * support_extent] or pairs
+    top = min(2, cand_xy.shape[1])
+    a, b, ca, cb = (np.array(v) for v in zip(*[(a, b, i, j) for a, b in pairs for i in range(top) for j in range(top)]))
+    transforms = _similarity_from_pairs(src[a], src[b], cand_xy[idx[a], ca], cand_xy[idx[b], cb])  # [H, 2, 3]
+    scale = np.sqrt(np.abs(np.linalg.det(transforms[:, :, :2])))
+    ok = (scale >= c.min_scale) & (scale <= c.max_scale)
+    if not ok.any():
+        return None
+    transforms, scale = transforms[ok], scale[ok]
+    projected = np.einsum("hij,nj->hni", transforms[:, :, :2], src) + transforms[:, None, :, 2]  # [H, n, 2]
+    dist = np.linalg.norm(projected[:, :, None] - cand_xy[idx][None], axis=-1)  # [H, n, M]
+    radius = (c.inlier_radius * support_extent * scale)[:, None, None]
+    explained = np.where(dist < radius, cand_sim[idx][None], 0.0).max(-1)  # [H, n]
+    best = int(explained.sum(1).argmax())
+    inlier = explained[best] > 0
+    near = np.where(dist[best] < radius[best, 0], cand_sim[idx], -np.inf).argmax(-1)  # the candidate explained
+    dst = cand_xy[idx, near]
+    weights = np.clip(cand_sim[idx, near], 0.05, None) * inlier
+    matrix = _weighted_affine(src, dst, weights) if inlier.sum() >= 4 else transforms[best]
+    if not np.isfinite(matrix).all() or not (
+        c.min_scale <= math.sqrt(abs(np.linalg.det(matrix[:, :2]))) <= c.max_scale
+    ):
+        matrix = transforms[best]
+    fitted = layout @ matrix[:, :2].T + matrix[:, 2]
+    inliers = np.zeros(len(usable), bool)
+    inliers[idx] = inlier
+    return fitted, support_extent * math.sqrt(abs(np.linalg.det(matrix[:, :2]))), inliers
+
+
+def _similarity_from_pairs(p0: np.ndarray, p1: np.ndarray, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
+    """The similarity transforms `[H, 2, 3]` taking p0 -> q0 and p1 -> q1 (each `[H, 2]`), in complex numbers."""
+    zp0, zp1 = p0[:, 0] + 1j * p0[:, 1], p1[:, 0] + 1j * p1[:, 1]
+    zq0, zq1 = q0[:, 0] + 1j * q0[:, 1], q1[:, 0] + 1j * q1[:, 1]
+    rot = (zq1 - zq0) / np.where(zp1 == zp0, 1e-9, zp1 - zp0)  # scale x rotation
+    shift = zq0 - rot * zp0
+    out = np.empty((len(rot), 2, 3))
+    out[:, 0] = np.stack([rot.real, -rot.imag, shift.real], -1)
+    out[:, 1] = np.stack([rot.imag, rot.real, shift.imag], -1)
+    return out
+
+
+def _weighted_affine(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Least-squares 2x3 affine `dst ~ A @ src + t`, each correspondence weighted."""
+    sw = np.sqrt(weights)[:, None]
+    design = np.concatenate([src, np.ones((len(src), 1))], 1) * sw
+    solution, *_ = np.linalg.lstsq(design, dst * sw, rcond=None)  # [3, 2]
+    return solution.T
+
+
+def _refine(sim: np.ndarray, py: np.ndarray, px: np.ndarray, stride: float, temperature: float) -> np.ndarray:
+    """Sub-cell positions `[N, 2]` input px: a soft-argmax of the similarity over the 3x3 cells around each pick."""
+    n, h, w = sim.shape
+    offsets = np.array([-1, 0, 1])
+    yy = np.clip(py[:, None] + offsets[None], 0, h - 1)  # [N, 3]
+    xx = np.clip(px[:, None] + offsets[None], 0, w - 1)
+    patch = sim[np.arange(n)[:, None, None], yy[:, :, None], xx[:, None, :]]  # [N, 3, 3]
+    weights = np.exp((patch - patch.max(axis=(1, 2), keepdims=True)) / temperature)
+    weights /= weights.sum(axis=(1, 2), keepdims=True)
+    x = (weights * xx[:, None, :]).sum((1, 2))
+    y = (weights * yy[:, :, None]).sum((1, 2))
+    return np.stack([x, y], -1) * stride + (stride - 1) / 2.0
