@@ -108,10 +108,10 @@ class CapeModel(nn.Module):
         return self.backbone.has_pyramid
 
     @torch.no_grad()
-    def encode_match_support(self, support: SupportSet) -> MatchSupport:
-        """The finder's support: hypercolumns under the keypoints of each shot, and the layout to fit."""
+    def encode_match_support(self, support: SupportSet, rotations: Sequence[float] = ()) -> MatchSupport:
+        """The finder's support: hypercolumns under the keypoints of each shot (also rotated), the layout to fit."""
         images, keypoints, visible = self.support_inputs(support)
-        return match_support(self.backbone.pyramid(images), keypoints, visible, self.input_size)
+        return match_support(self.backbone.pyramid, images, keypoints, visible, rotations)
 
     def support_inputs(self, support: SupportSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Shots letterboxed to the input: images `[K, 3, S, S]`, keypoints `[K, N, 2]` input px, visible `[K, N]`."""
@@ -170,11 +170,14 @@ class CapeModel(nn.Module):
         return cls(get_preset(name, **overrides))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> CapeModel:
-        """Our checkpoint format or the paper's released files; `None` = the embedded default model."""
+    def from_checkpoint(
+        cls, path: str | Path | None = None, device: str | torch.device = "cpu", trust: bool = False
+    ) -> CapeModel:
+        """Our checkpoint format or the paper's released files; `None` = the embedded default model. Nothing in the
+        file runs unless `trust` (see `model.checkpoint.load_checkpoint`)."""
         from .checkpoint import load_checkpoint
 
-        return load_checkpoint(path, device)
+        return load_checkpoint(path, device, trust)
 
     def save(self, path: str | Path, half: bool = False) -> None:
         from .checkpoint import save_checkpoint

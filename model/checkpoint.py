@@ -7,11 +7,15 @@ size loads without a config file. Loads are strict: a key that is missing, left 
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 
 from .cape import CapeModel
@@ -20,7 +24,15 @@ from .errors import CheckpointError
 
 FORMAT = "cape-track"
 FORMAT_VERSION = 1
-DEFAULT_CHECKPOINT = Path(__file__).with_name("weights") / "default.pt"
+DEFAULT_CHECKPOINT = Path(__file__).with_name("weights") / "default.safetensors"
+# What the paper's released mmcv checkpoints hold besides tensors, dicts, lists and strings: `meta.hook_msgs` keeps
+# numpy scalars (e.g. `best_score`), pickled as a numpy scalar of a numpy dtype. Unpickling is restricted to exactly
+# these (plus torch's own weights-only set); anything else needs `trust=True` (`--trust-checkpoint`).
+_MMCV_META_GLOBALS = [
+    np.dtype,
+    *(type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "bool")),
+    np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar,
+]
 
 # Official prefix -> our prefix, first match wins (order matters: the specific decoder rule precedes the generic).
 _HEAD_RENAMES: tuple[tuple[str, str], ...] = (
@@ -149,23 +161,34 @@ def load_official_checkpoint(
 
 
 def save_checkpoint(model: CapeModel, path: str | Path, half: bool = False) -> None:
-    """Our format: one file with the config, so `load_checkpoint` rebuilds the exact network."""
+    """Our format: one file with the config, so `load_checkpoint` rebuilds the exact network. A `.safetensors` path
+    writes safetensors (the config as JSON metadata: nothing in the file can run code); any other a torch file."""
     sd = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": json.dumps(model.config.to_dict())}
+        safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata=meta)
+        return
     torch.save(
         {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(), "state_dict": sd}, path
     )
 
 
-def load_checkpoint(path: str | Path | None = None, device: str | torch.device = "cpu") -> CapeModel:
-    """Our own format or an official file (detected by content), as a CapeModel in eval mode on `device`."""
+def load_checkpoint(
+    path: str | Path | None = None, device: str | torch.device = "cpu", trust: bool = False
+) -> CapeModel:
+    """Our own format or an official file (detected by content), as a CapeModel in eval mode on `device`.
+
+    Nothing in the file is executed unless `trust` is set: torch files are read with `weights_only=True` and the
+    few numpy types the released mmcv checkpoints hold; safetensors files hold tensors and strings only.
+    """
     if path is None:
         path = DEFAULT_CHECKPOINT
         if not path.exists():
             raise CheckpointError(f"{path}: the embedded default model is missing (reinstall cape-track)")
     path = Path(path)
-    ckpt = _read(path)
+    ckpt = _read_safetensors(path) if path.suffix == ".safetensors" else _read(path, trust)
     if ckpt.get("format") != FORMAT:
         try:
             return load_official_checkpoint(ckpt.get("state_dict", ckpt), device)
@@ -179,26 +202,59 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
         raise CheckpointError(f"{path}: invalid model config ({e})") from None
     model = CapeModel(config)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    if not all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()):
+        raise CheckpointError(f"{path}: holds NaN or infinite weights (a damaged or diverged checkpoint)")
     _load_strict(model, sd, str(path))
     return model.to(device).eval()
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path, trust: bool = False) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # mmcv checkpoints may carry plain Python objects in `meta`; the user chose this file explicitly.
-        try:
+        if trust:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(e).splitlines()[0][:80]})") from None
+        else:
+            with torch.serialization.safe_globals(_MMCV_META_GLOBALS):
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_pickle_problem(e)})") from None
+        what = str(e).split("Unsupported global: ")[-1].split(" was not")[0].removeprefix("GLOBAL").strip()[:80]
+        raise CheckpointError(
+            f"{path}: refused: it holds Python objects beyond weights ({what}), and unpickling them could run code "
+            "(pass --trust-checkpoint only for a file you trust)"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, AttributeError, TypeError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:80]
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a checkpoint (expected a dict, found {type(ckpt).__name__})")
     return ckpt
+
+
+def _pickle_problem(e: pickle.UnpicklingError) -> str:
+    """The informative line of torch's long weights-only message (it starts with advice about PyTorch 2.6)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    detail = [line for line in lines if "WeightsUnpickler error" in line or "load key" in line]
+    return (detail or lines or ["unreadable"])[-1].split("WeightsUnpickler error:")[-1].strip()[:80]
+
+
+def _read_safetensors(path: Path) -> dict:
+    """Our format in safetensors: the config lives in the metadata as JSON."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+        config = json.loads(meta["config"]) if "config" in meta else None
+    except (OSError, ValueError, KeyError, safetensors.SafetensorError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:80]
+        raise CheckpointError(f"{path}: not a safetensors checkpoint ({first})") from None
+    if meta.get("format") != FORMAT:
+        return {"state_dict": sd}  # plain weights: the official remap path decides whether they fit
+    return {"format": FORMAT, "format_version": int(meta.get("format_version", 0)), "config": config, "state_dict": sd}
 
 
 def _load_strict(model: CapeModel, state_dict: Mapping[str, torch.Tensor], source: str) -> None:

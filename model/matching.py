@@ -22,7 +22,7 @@ checkpoints keep the network's own prediction unchanged.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,19 +34,22 @@ import torch.nn.functional as F
 class FinderConfig:
     candidates: int = 3  # local maxima kept per keypoint for the layout fit
     inlier_radius: float = 0.12  # RANSAC inlier distance, as a fraction of the fitted layout's extent
-    layout_weight: float = 1.0  # similarity lost per (distance / extent)^2 away from the fitted position
+    layout_weight: float = 4.0  # similarity lost per (distance / extent)^2 away from the fitted position
     min_scale: float = 0.2  # plausible layout scales (query extent / support extent) during the fit
     max_scale: float = 5.0
     score_floor: float = 0.35  # cosine similarity mapped to score 0 (unrelated hypercolumns sit around 0.2-0.4)
     score_ceiling: float = 0.8  # ... and to score 1 (the same point across frames of a clip: 0.7-0.95)
     refine_temperature: float = 0.03  # soft-argmax temperature (cosine units) over the 3x3 cells around a pick
+    # The support is also described rotated by these angles (degrees) and each cell matches its best rotation: the
+    # backbone's features are not rotation-invariant, and a head rolls, a hand turns.
+    rotations: tuple[float, ...] = (-30.0, 30.0)
 
 
 @dataclass(frozen=True)
 class MatchSupport:
     """What the finder needs from the support, computed once per stream (like `SupportEmbedding`)."""
 
-    descriptors: torch.Tensor  # [N, D] unit hypercolumns of the support keypoints (zeros where never placed)
+    descriptors: torch.Tensor  # [N, R, D] unit hypercolumns of the support keypoints per rotation (zeros: unplaced)
     placed: np.ndarray  # [N] bool: placed on at least one shot
     layout: np.ndarray  # [N, 2] input px: the layout the fit moves (the shot with the most placed keypoints)
     layout_visible: np.ndarray  # [N] bool: placed on that shot
@@ -89,21 +92,48 @@ def sample_at(features: torch.Tensor, xy_input: torch.Tensor, input_size: int) -
 
 
 def match_support(
-    levels: Sequence[torch.Tensor], keypoints: torch.Tensor, visible: torch.Tensor, input_size: int
+    pyramid: Callable[[torch.Tensor], list[torch.Tensor]],
+    images: torch.Tensor,
+    keypoints: torch.Tensor,
+    visible: torch.Tensor,
+    rotations: Sequence[float] = (),
 ) -> MatchSupport:
-    """Support shots' backbone levels (each `[K, C_l, h, w]`), keypoints `[K, N, 2]` input px, visible `[K, N]`."""
-    columns = hypercolumns(levels)
-    desc = sample_at(columns, keypoints.to(columns), input_size)  # [K, N, D]
-    weight = visible.to(desc)[..., None]
-    mean = (desc * weight).sum(0) / weight.sum(0).clamp(min=1.0)
+    """The finder's support from the shots `images` `[K, 3, S, S]` (normalised), keypoints `[K, N, 2]` input px and
+    visible `[K, N]`, described upright and rotated by each of `rotations` (degrees, about the image centre)."""
+    s = images.shape[-1]
+    descs = []
+    for angle in (0.0, *rotations):
+        turned, xy = rotate_inputs(images, keypoints, angle)
+        desc = sample_at(hypercolumns(pyramid(turned)), xy.to(images), s)  # [K, N, D]
+        weight = visible.to(desc)[..., None]
+        descs.append(F.normalize((desc * weight).sum(0) / weight.sum(0).clamp(min=1.0), dim=-1))
     placed = visible.any(0).cpu().numpy()
     shot = int(visible.sum(1).argmax())
     return MatchSupport(
-        F.normalize(mean, dim=-1) * torch.as_tensor(placed, device=mean.device)[:, None],
+        torch.stack(descs, 1) * torch.as_tensor(placed, device=images.device)[:, None, None],
         placed,
         keypoints[shot].double().cpu().numpy(),
         visible[shot].cpu().numpy().astype(bool),
     )
+
+
+def rotate_inputs(images: torch.Tensor, keypoints: torch.Tensor, degrees: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images `[K, 3, S, S]` and their keypoints `[K, N, 2]` input px rotated by `degrees` about the image centre
+    (counter-clockwise on screen; the corners fill with the normalised mean colour, 0)."""
+    if not degrees:
+        return images, keypoints
+    s = images.shape[-1]
+    a = math.radians(degrees)
+    cos, sin = math.cos(a), math.sin(a)
+    # affine_grid maps output to input coordinates in [-1, 1]: the inverse rotation.
+    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=images.dtype, device=images.device)
+    grid = F.affine_grid(theta.expand(len(images), 2, 3), list(images.shape), align_corners=False)
+    turned = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    c = (s - 1) / 2.0
+    d = keypoints - c
+    # Output point p' satisfies p = R^-1 p' with R^-1 = theta above; so p' = R (p - c) + c.
+    xy = torch.stack([cos * d[..., 0] + sin * d[..., 1], -sin * d[..., 0] + cos * d[..., 1]], -1) + c
+    return turned, xy
 
 
 class KeypointFinder:
@@ -117,7 +147,7 @@ class KeypointFinder:
     def similarity(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
         """Cosine similarity `[B, N, h, w]` of every support keypoint to every cell of the query crops."""
         columns = hypercolumns(levels)
-        return torch.einsum("nd,bdhw->bnhw", self.support.descriptors.to(columns), columns)
+        return torch.einsum("nrd,bdhw->bnrhw", self.support.descriptors.to(columns), columns).amax(2)
 
     def find(self, levels: Sequence[torch.Tensor]) -> Found:
         """`similarity` then `locate`, for callers that do not split device and host work."""

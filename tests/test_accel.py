@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_media import write_clip, write_support
+from torch import nn
+
 from cape_track.model import CapeModel, SupportSet
 from cape_track.tracker.accel import Accelerator, CudaAccelerator, select_device
 from cape_track.tracker.errors import DeviceError, TrackerWarning
 from cape_track.tracker.pipeline import Tracker, TrackerConfig
 from cape_track.tracker.sources import VideoFileSource
-from fixtures_media import write_clip, write_support
-from torch import nn
 
 
 def test_select_device() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from cape_track.model import CapeModel
 from cape_track.model.backbone import Backbone
 from cape_track.model.config import BackboneConfig, get_preset

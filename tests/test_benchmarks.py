@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_media import write_clip, write_support
+
 from cape_track.benchmarks import fps, pck
 from cape_track.benchmarks.flow_baseline import track_optical_flow
 from cape_track.benchmarks.pck import BenchmarkError, Tracks, decode_all, locate_support_frame, pck_of_tracks
 from cape_track.model import CapeModel
 from cape_track.model.support import load_image
-from fixtures_media import write_clip, write_support
 
 NAMES = ("a", "b", "c")
 
@@ -164,6 +165,7 @@ def test_warped_clip_ground_truth_follows_the_content(tmp_path: Path) -> None:
     """The generated clip's reference keypoints sit on the same photo content in every frame (patch correlation
     far above that of points 4 px off), its supports are clip frames, and LK from exact points scores high."""
     import cv2
+
     from cape_track.benchmarks.warped_clip import ClipConfig, write_benchmark
 
     config = ClipConfig(frames=16, size=(240, 180), key_every=8)

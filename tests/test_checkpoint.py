@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from cape_track.model.checkpoint import infer_official_config, official_to_ours
-from cape_track.model.errors import CheckpointError
 
 from cape_track import model
+from cape_track.model.checkpoint import infer_official_config, official_to_ours
+from cape_track.model.errors import CheckpointError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="shared/reference not present")
@@ -126,3 +126,82 @@ def test_other_network_does_not_fit(tmp_path: Path) -> None:
     torch.save(ckpt, tmp_path / "m2.pt")
     with pytest.raises(CheckpointError, match="does not fit"):
         model.CapeModel.from_checkpoint(tmp_path / "m2.pt")
+
+
+class _Payload:
+    """A crafted pickle: unpickling it calls `Path.touch` on a marker file (what an attacker's `os.system` would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "meta": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="refused.*--trust-checkpoint"):
+        model.CapeModel.from_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_trust_is_the_only_way_to_unpickle(tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "meta": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError):  # unpickled (the payload ran: trust means that), then no weights fit
+        model.CapeModel.from_checkpoint(path, trust=True)
+    assert marker.exists()
+
+
+@needs_reference
+def test_a_file_laid_out_like_the_released_mmcv_checkpoints_loads_safely(tmp_path: Path) -> None:
+    """mmcv's `save_checkpoint`: `meta` (versions, time, the config text, epoch/iter, hook messages holding a numpy
+    best score), `state_dict` in the official layout, an `optimizer` state. Loads without `trust`."""
+    import numpy as np
+
+    sd = torch.load(REFERENCE / "vectors" / "state_dict_mini.pt", weights_only=True)
+    meta = {
+        "mmcv_version": "1.7.0",
+        "time": "Tue Feb 20 10:00:00 2024",
+        "env_info": "sys.platform: linux",
+        "config": "model = dict(type='PoseAnythingModel')\n",
+        "seed": 0,
+        "exp_name": "graph_split1_config.py",
+        "epoch": 200,
+        "iter": 44000,
+        "hook_msgs": {"last_ckpt": "work_dirs/epoch_200.pth", "best_score": np.float64(0.91), "best_ckpt": "b.pth"},
+        "mmpose_version": "0.29.0",
+    }
+    optimizer = {"state": {0: {"step": torch.tensor(1.0)}}, "param_groups": [{"lr": 1e-5, "params": [0]}]}
+    path = tmp_path / "graph_split1.pth"
+    torch.save({"meta": meta, "state_dict": sd, "optimizer": optimizer}, path)
+    loaded = model.CapeModel.from_checkpoint(path)
+    expected = model.load_official_checkpoint(sd).state_dict()
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in expected.items())
+
+
+def test_nan_weights_are_refused(tmp_path: Path) -> None:
+    m = model.CapeModel.from_preset("test").eval()
+    with torch.no_grad():
+        next(m.parameters()).fill_(float("nan"))
+    m.save(tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="NaN"):
+        model.CapeModel.from_checkpoint(tmp_path / "nan.pt")
+
+
+def test_safetensors_round_trip_and_the_embedded_model_is_safetensors(tmp_path: Path) -> None:
+    from cape_track.model.checkpoint import DEFAULT_CHECKPOINT
+
+    assert DEFAULT_CHECKPOINT.suffix == ".safetensors" and DEFAULT_CHECKPOINT.stat().st_size < 30e6
+    m = model.CapeModel.from_preset("test").eval()
+    m.save(tmp_path / "m.safetensors")
+    m2 = model.CapeModel.from_checkpoint(tmp_path / "m.safetensors")
+    assert m2.config == m.config
+    a, b = m.state_dict(), m2.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    with pytest.raises(CheckpointError, match="not a safetensors checkpoint"):
+        model.CapeModel.from_checkpoint(tmp_path / "bad.safetensors")

@@ -15,11 +15,12 @@ from pathlib import Path
 import av
 import pytest
 import torch
+from fixtures_media import FakeCapture, write_clip, write_support
+
 from cape_track.model import CapeModel
 from cape_track.tracker import cli
 from cape_track.tracker.sinks import output_paths
 from cape_track.tracker.sources import WebcamSource
-from fixtures_media import FakeCapture, write_clip, write_support
 
 REPO = Path(__file__).resolve().parents[1]
 

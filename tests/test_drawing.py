@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from cape_track.tracker.drawing import draw_pose, draw_text, keypoint_colors
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cape_track.model.decoder import skeleton_adjacency
 
 from cape_track import model
+from cape_track.model.decoder import skeleton_adjacency
 
 
 @pytest.fixture(scope="module")

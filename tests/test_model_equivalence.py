@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from cape_track.model.transforms import normalize_images
 from torch.testing import assert_close
 
 from cape_track import model
+from cape_track.model.transforms import normalize_images
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"
 pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason="shared/reference/vectors not present")

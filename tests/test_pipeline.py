@@ -12,6 +12,9 @@ import av
 import numpy as np
 import pytest
 import torch
+from fixtures_media import FakeCapture, write_clip, write_support
+from torch import nn
+
 from cape_track.model import CapeModel, SupportEmbedding, SupportSet
 from cape_track.model.transforms import denormalize_images
 from cape_track.tracker.errors import SourceError
@@ -19,10 +22,8 @@ from cape_track.tracker.pipeline import Tracker, TrackerConfig
 from cape_track.tracker.sinks import Sink, file_sinks, output_paths
 from cape_track.tracker.smoothing import SmootherConfig
 from cape_track.tracker.sources import Frame, VideoFileSource, WebcamSource
-from fixtures_media import FakeCapture, write_clip, write_support
-from torch import nn
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "model" / "weights" / "default.pt"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "model" / "weights" / "default.safetensors"
 
 
 def tiny_model() -> CapeModel:

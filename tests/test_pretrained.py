@@ -7,6 +7,7 @@ import pytest
 import skimage.data
 import timm
 import torch
+
 from cape_track.model.errors import CheckpointError
 from cape_track.model.pretrained import imagenet_state_dict, lite0_lukemelas_to_timm
 from cape_track.model.transforms import normalize_images

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from cape_track.model import SupportSet
 from cape_track.model.transforms import SquareBox, crop_to_input, frame_to_input, input_to_frame
 from cape_track.tracker.roi import RoiConfig, follow, support_fraction, whole_frame, zoom_support

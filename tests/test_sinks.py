@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+
 from cape_track.model.transforms import SquareBox
 from cape_track.tracker.errors import SinkError
 from cape_track.tracker.pipeline import FrameResult

@@ -6,9 +6,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from cape_track.tracker.smoothing import FlowImage, KalmanSmoother, SmootherConfig, optical_flow, predict
 from filterpy.common import Q_discrete_white_noise
 from filterpy.kalman import KalmanFilter
+
+from cape_track.tracker.smoothing import FlowImage, KalmanSmoother, SmootherConfig, optical_flow, predict
 
 NO_GATE = SmootherConfig(flow=False, gate=1e12, min_score=0.0)
 

@@ -12,9 +12,10 @@ import av
 import cv2
 import numpy as np
 import pytest
+from fixtures_media import FakeCapture, write_clip
+
 from cape_track.tracker.errors import SourceError, TrackerWarning
 from cape_track.tracker.sources import Frame, ImageFolderSource, VideoFileSource, WebcamSource, open_source
-from fixtures_media import FakeCapture, write_clip
 
 
 def _wait_until(condition, timeout: float = 10.0) -> None:

@@ -10,12 +10,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from fixtures_media import Clip, write_clip, write_support
+from streamlit.testing.v1 import AppTest
+
 from cape_track.model import CapeModel, KeypointFile, SupportFileError, SupportSet
 from cape_track.streamlit_app.job import JobState, TrackingJob
 from cape_track.streamlit_app.state import Annotation, AnnotationError, History, pointer_edit
 from cape_track.tracker import TrackerConfig
-from fixtures_media import Clip, write_clip, write_support
-from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py")
 
@@ -221,7 +222,7 @@ def _use_checkpoint(at: AppTest, checkpoint: Path) -> None:
 def test_page_says_when_the_embedded_model_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from cape_track import model
 
-    monkeypatch.setattr(model.checkpoint, "DEFAULT_CHECKPOINT", tmp_path / "default.pt")
+    monkeypatch.setattr(model.checkpoint, "DEFAULT_CHECKPOINT", tmp_path / "default.safetensors")
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     assert not at.exception

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import cv2
 import pytest
-from cape_track.model import CapeModel
 from fixtures_media import write_clip
+
+from cape_track.model import CapeModel
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "streamlit_app" / "app.py"

@@ -8,6 +8,7 @@ import re
 import cv2
 import numpy as np
 import pytest
+
 from cape_track.model.errors import SupportFileError
 from cape_track.model.support import KeypointFile, SupportSet, load_image
 

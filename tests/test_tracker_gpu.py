@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_media import write_clip, write_support
+
 from cape_track.model import CapeModel, SupportSet
 from cape_track.tracker.accel import Accelerator, CudaAccelerator
 from cape_track.tracker.pipeline import Tracker, TrackerConfig
 from cape_track.tracker.sources import VideoFileSource
-from fixtures_media import write_clip, write_support
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

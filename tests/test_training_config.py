@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from cape_track.training.config import CONFIGS, ConfigError, TrainConfig, get_config
 
 

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from cape_track.training.episodes import Episode, check_disjoint, official_test_episodes, training_episodes
 from cape_track.training.mp100 import DatasetError, annotation_file, load_split
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cape_track.training.evaluate as evaluate
 import pytest
+
+import cape_track.training.evaluate as evaluate
 from cape_track.model import CapeModel
 from cape_track.training.evaluate import evaluate_split, main
 from cape_track.training.mp100 import annotation_file, load_split

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from cape_track.model import CapeModel, load_official_checkpoint
 from cape_track.model.transforms import normalize_images
 from cape_track.training.losses import cape_losses

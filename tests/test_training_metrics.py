@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from cape_track.training.metrics import PCK_THRESHOLDS, QueryScores, auc, mean_error, normalized_distances, pck
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"

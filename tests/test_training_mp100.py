@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from cape_track.training.mp100 import DatasetError, annotation_file, box_center_scale, clean_bbox, load_split
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"

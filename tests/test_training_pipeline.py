@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from cape_track.model.transforms import affine_from_center_scale, apply_affine
 from cape_track.training.episodes import official_test_episodes, training_episodes
 from cape_track.training.mp100 import Instance, annotation_file, box_center_scale, load_split

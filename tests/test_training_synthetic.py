@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from cape_track.model.support import load_image
 from cape_track.training.mp100 import annotation_file, load_split
 from cape_track.training.synthetic import TEMPLATES, category_splits, generate, main

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from cape_track.model import CapeModel
 from cape_track.training.config import get_config
 from cape_track.training.episodes import training_episodes

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from cape_track.model.config import get_preset
 from cape_track.training import default_recipe, views
 from cape_track.training.views import ViewConfig, make_episode, make_pair_episode

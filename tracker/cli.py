@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--support", action="append", metavar="IMAGE", help="support image; repeat for K shots")
     p.add_argument("--keypoints", action="append", metavar="FILE", help="keypoint file (default: IMAGE's .json)")
     p.add_argument("--checkpoint", metavar="PATH", help="model checkpoint (default: the embedded model)")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle any Python object in --checkpoint: this RUNS CODE from the file; only for files you trust",
+    )
     p.add_argument("--out", default="cape_out", metavar="DIR", help="output folder for files (default: cape_out)")
     p.add_argument("--record", metavar="DIR", help="with --webcam: also write the video and tracks to DIR")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
@@ -153,7 +158,7 @@ def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker,
     if headless:
         warnings.warn("no display: recording without a window (Ctrl-C stops)", stacklevel=1)
     try:
-        model = CapeModel.from_checkpoint(args.checkpoint, device=device)
+        model = CapeModel.from_checkpoint(args.checkpoint, device=device, trust=args.trust_checkpoint)
         config = TrackerConfig(batch=args.batch, smooth=not args.no_smooth, offline=args.offline)
         tracker = Tracker(model, support, config, Accelerator.for_device(device, args.accel))
     except BaseException:

@@ -42,6 +42,7 @@ class TrackerConfig:
     # Searching (start, lost track): besides the whole frame, overlapping tiles of 1/2 and 1/3 of its longer side,
     # so a small object is seen at a working scale; the best-placed layout wins.
     search_tiles: tuple[int, ...] = (2, 3)
+    search_every: int = 10  # while lost, the tiled search runs at most once per this many frames (it costs ~20 crops)
 
     def __post_init__(self) -> None:
         if self.finder not in FINDERS:
@@ -73,6 +74,7 @@ class TrackState:
     velocity: np.ndarray | None = None  # [N, 2] px per frame
     visible: np.ndarray | None = None  # [N] bool
     filter: SmootherState | None = None  # None without smoothing
+    last_search: int | None = None  # index of the last frame searched with tiles (bounds the cost while lost)
 
 
 @dataclass
@@ -140,7 +142,11 @@ class Tracker:
         if use_finder and not isinstance(support, SupportSet):
             raise ValueError("the keypoint finder needs the SupportSet (images and keypoints), not an embedding")
         self.finder = (
-            KeypointFinder(self.model.encode_match_support(support), self.model.input_size, self.config.finder_config)
+            KeypointFinder(
+                self.model.encode_match_support(support, self.config.finder_config.rotations),
+                self.model.input_size,
+                self.config.finder_config,
+            )
             if use_finder
             else None
         )
@@ -272,7 +278,9 @@ class Tracker:
         )
         return boxes[best], one
 
-    def _look_closer(self, submitted: _Submitted, found: Found) -> tuple[list[SquareBox], np.ndarray, np.ndarray]:
+    def _look_closer(
+        self, submitted: _Submitted, found: Found, state: TrackState
+    ) -> tuple[list[SquareBox], np.ndarray, np.ndarray, int | None]:
         """Frames searched (nothing tracked yet, or the track was lost): search at several scales, then look a second
         time through a crop around what the search found, at the support's scale. The whole frame shows a small
         object at too low a resolution to place its keypoints well, and a track started from there would carry that
@@ -281,12 +289,15 @@ class Tracker:
         xy_input, scores = found.keypoints.copy(), found.scores.copy()
         s = self.model.input_size
         redo: list[int] = []
+        last_search = state.last_search
         for i, frame in enumerate(submitted.frames):
             if not submitted.searching[i]:
                 continue
-            if self.finder is not None:
+            due = last_search is None or frame.index - last_search >= self.config.search_every
+            if self.finder is not None and due:
                 boxes[i], best = self._search(frame)
                 xy_input[i], scores[i] = best.keypoints[0], best.scores[0]
+                last_search = frame.index
             height, width = frame.image.shape[:2]
             xy = input_to_frame(xy_input[i].astype(np.float64), boxes[i], s)
             closer = follow(xy, scores[i] >= self.config.smoother.min_score, width, height, self.config.roi)
@@ -296,7 +307,7 @@ class Tracker:
         if redo:
             again = self._found(self._predict([submitted.frames[i] for i in redo], [boxes[i] for i in redo]))
             xy_input[redo], scores[redo] = again.keypoints, again.scores
-        return boxes, xy_input, scores
+        return boxes, xy_input, scores, last_search
 
     def _box(self, frame: Frame, state: TrackState) -> SquareBox:
         height, width = frame.image.shape[:2]
@@ -313,7 +324,8 @@ class Tracker:
         xy_input, scores = found.keypoints, found.scores  # [B, N, 2] input px, [B, N]
         boxes = submitted.boxes
         if any(submitted.searching):
-            boxes, xy_input, scores = self._look_closer(submitted, found)
+            boxes, xy_input, scores, last_search = self._look_closer(submitted, found, state)
+            state = replace(state, last_search=last_search)
         self.times.model += time.perf_counter() - start
         mid = time.perf_counter()
         s = self.model.input_size

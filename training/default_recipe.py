@@ -3,12 +3,12 @@ started as a feature matcher and trained on two-view episodes of real photos and
 Resumable; logs a CSV curve.
 
     python -m cape_track.training.default_recipe --out runs/default --minutes 70
-    python -m cape_track.training.default_recipe --out runs/default --export model/weights/default.pt   # after training
+    python -m cape_track.training.default_recipe --out runs/default --export model/weights/default.safetensors   # after training
 
 A fine-tuning stage starts from a checkpoint and may add clip frame-pair episodes and train the last backbone
 stages (both measured in the README's model card; neither was shipped):
 
-    python -m cape_track.training.default_recipe --out runs/ft --init model/weights/default.pt --lr 1e-4 --warmup 50 \
+    python -m cape_track.training.default_recipe --out runs/ft --init model/weights/default.safetensors --lr 1e-4 --warmup 50 \
         --steps 2000 --pairs --tune-blocks 1
 """
 
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from cape_track.model import CapeError, CapeModel, SupportEmbedding
 from cape_track.model.config import get_preset
 from cape_track.model.heatmaps import gaussian_heatmaps

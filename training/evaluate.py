@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+
 from cape_track.model import CapeError, CapeModel
 from cape_track.model.transforms import normalize_images
-from torch.utils.data import DataLoader
 
 from .config import ConfigError, get_config
 from .episodes import official_test_episodes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from cape_track.model import Prediction
 from cape_track.model.heatmaps import gaussian_heatmaps
 

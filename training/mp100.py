@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from cape_track.model import CapeError
 
 SUBSETS = ("train", "val", "test")

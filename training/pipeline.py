@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import Dataset
+
 from cape_track.model import SupportFileError
 from cape_track.model.support import load_image
 from cape_track.model.transforms import affine_from_center_scale, apply_affine
-from torch.utils.data import Dataset
 
 from .episodes import Episode
 from .mp100 import PIXEL_STD, DatasetError, Instance, Mp100Split

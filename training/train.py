@@ -24,13 +24,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
 from cape_track.model import CapeError, CapeModel, CheckpointError
 from cape_track.model.checkpoint import FORMAT, FORMAT_VERSION
 from cape_track.model.config import get_preset
 from cape_track.model.transforms import normalize_images
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
 from .config import ConfigError, TrainConfig, get_config
 from .episodes import check_disjoint, training_episodes
