@@ -30,6 +30,7 @@ class Clip:
     fps: float
     size: tuple[int, int]  # (W, H) in display orientation
     seed: int
+    object_fraction: float = 0.35  # the square's side, fraction of the frame's shorter side
     names: tuple[str, ...] = NAMES
     skeleton: tuple[tuple[int, int], ...] = SKELETON
 
@@ -39,7 +40,7 @@ class Clip:
 
     def render(self, index: int) -> np.ndarray:
         """The exact (pre-compression) RGB image of frame `index`, [H, W, 3] uint8."""
-        return _render(self.size, self.seed, _pose(index, self.frames, self.size))[0]
+        return _render(self.size, self.seed, _pose(index, self.frames, self.size), self.object_fraction)[0]
 
 
 def write_clip(
@@ -51,6 +52,7 @@ def write_clip(
     times: list[float] | None = None,
     rotation: int = 0,
     seed: int = 0,
+    object_fraction: float = 0.35,
 ) -> Clip:
     """Write an MP4 of `frames` frames; `times` (seconds) makes it variable frame rate, `rotation` (a multiple of
     90, counter-clockwise) stores the frames turned the other way plus a display matrix, so decoding with rotation
@@ -72,13 +74,13 @@ def write_clip(
         if turns:
             stream.set_display_rotation(turns * 90)
         for i in range(frames):
-            image, keypoints[i] = _render(size, seed, _pose(i, frames, size))
+            image, keypoints[i] = _render(size, seed, _pose(i, frames, size), object_fraction)
             coded = np.ascontiguousarray(np.rot90(image, k=-turns))
             frame = av.VideoFrame.from_ndarray(coded, format="rgb24")
             frame.pts, frame.time_base = round(times_s[i] * 1000), time_base
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
-    return Clip(path, keypoints, times_s, fps, size, seed)
+    return Clip(path, keypoints, times_s, fps, size, seed, object_fraction)
 
 
 @pytest.fixture
@@ -111,14 +113,16 @@ def _pose(index: int, frames: int, size: tuple[int, int]) -> tuple[float, float,
     return cx, cy, 8.0 * math.sin(math.pi * u)
 
 
-def _render(size: tuple[int, int], seed: int, pose: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Paint the square (side 35% of the short side) over a static textured background; returns image + [5,2]."""
+def _render(
+    size: tuple[int, int], seed: int, pose: tuple[float, float, float], fraction: float = 0.35
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint the square (side `fraction` of the short side) over a static textured background; image + [5, 2]."""
     width, height = size
     rng = np.random.default_rng(seed)
     ys, xs = np.mgrid[0:height, 0:width]
     background = np.stack([40 + 60 * xs / width, 50 + 50 * ys / height, 90 + 0 * xs], axis=-1)
     background += rng.normal(0, 6, (height, width, 1))
-    side = max(8, round(0.35 * min(width, height)))
+    side = max(8, round(fraction * min(width, height)))
     sprite = np.zeros((side, side, 3))
     half = side // 2
     sprite[:half, :half], sprite[:half, half:] = (230, 60, 50), (60, 200, 70)

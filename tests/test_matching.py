@@ -1,0 +1,156 @@
+"""The keypoint finder (model/matching.py): layout fit, outlier pull-back, sub-cell refinement, rotated supports,
+per-shot visibility, and the tracker's multi-scale search and frame bounds."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cape_track.model import CapeModel, SupportSet
+from cape_track.model.matching import FinderConfig, KeypointFinder, MatchSupport, match_support, rotate_inputs
+from cape_track.model.transforms import SquareBox
+from cape_track.tracker import Tracker, TrackerConfig, VideoFileSource
+from cape_track.tracker.pipeline import search_tiles
+from tests.fixtures_media import write_clip, write_support
+
+STRIDE = 8
+SIZE = 256  # input px: a 32 x 32 map at stride 8
+LAYOUT = np.array([[80.0, 80.0], [170.0, 84.0], [126.0, 130.0], [92.0, 176.0], [160.0, 180.0]])
+
+
+def _finder(layout: np.ndarray = LAYOUT, **config: object) -> KeypointFinder:
+    n = len(layout)
+    support = MatchSupport(torch.zeros(n, 1, 4), np.ones(n, bool), layout, np.ones(n, bool))
+    return KeypointFinder(support, SIZE, FinderConfig(**config))
+
+
+def _maps(points: np.ndarray, value: float = 0.9, spread: float = 1.0) -> np.ndarray:
+    """Similarity maps [N, 32, 32]: a background of 0.2 and a Gaussian peak at each input-px point."""
+    ys, xs = np.mgrid[0:32, 0:32]
+    cells = np.stack([xs, ys], -1) * STRIDE + (STRIDE - 1) / 2.0
+    maps = []
+    for p in points:
+        d2 = ((cells - p) ** 2).sum(-1) / (spread * STRIDE) ** 2
+        maps.append(0.2 + (value - 0.2) * np.exp(-d2))
+    return np.stack(maps)
+
+
+def _similarity(angle_deg: float, scale: float, shift: tuple[float, float], points: np.ndarray) -> np.ndarray:
+    a = math.radians(angle_deg)
+    rot = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    centre = points.mean(0)
+    return (points - centre) @ rot.T + centre + np.asarray(shift)
+
+
+def test_the_layout_fit_recovers_a_moved_rotated_scaled_object() -> None:
+    target = _similarity(20.0, 0.8, (10.0, -6.0), LAYOUT)
+    found = _finder().locate(_maps(target)[None])
+    np.testing.assert_allclose(found.layout[0], target, atol=2.5)  # cell centres quantise the candidates
+    assert np.abs(found.keypoints[0] - target).max() < 3.0
+    assert found.scores[0].min() > 0.9 and found.placement[0] > 0.9
+
+
+def test_an_outlier_match_is_pulled_back_by_the_layout() -> None:
+    """Keypoint 2's strongest peak sits on the wrong part (as a right eye matched to the left eye); a weaker peak
+    sits where the other keypoints' layout puts it. The finder takes the layout-consistent one."""
+    maps = _maps(LAYOUT)
+    wrong = _maps(np.array([[40.0, 220.0]]), value=0.95)[0]
+    right = _maps(LAYOUT[2:3], value=0.7)[0]
+    maps[2] = np.maximum(wrong, right)
+    found = _finder().locate(maps[None])
+    assert np.linalg.norm(found.keypoints[0, 2] - LAYOUT[2]) < 6.0
+    # Without the pull (plain best match), it would have gone to the wrong peak.
+    loose = _finder(layout_weight=0.0).locate(maps[None])
+    assert np.linalg.norm(loose.keypoints[0, 2] - [40.0, 220.0]) < 6.0
+
+
+def test_refinement_places_a_peak_between_cells() -> None:
+    point = np.array([[123.5 + 4.0, 99.5]])  # half a cell right of a cell centre
+    layout = np.vstack([point, point + [60.0, 0.0]])
+    found = _finder(layout).locate(_maps(layout)[None])
+    assert abs(found.keypoints[0, 0, 0] - point[0, 0]) < 2.0  # cell centres alone are 4 px off
+
+
+def test_low_similarity_everywhere_scores_low() -> None:
+    flat = np.full((len(LAYOUT), 32, 32), 0.25)
+    found = _finder().locate(flat[None])
+    assert found.scores.max() == 0.0 and found.placement[0] == 0.0
+
+
+def test_rotated_support_moves_its_keypoints_with_the_image() -> None:
+    image = torch.zeros(1, 3, 64, 64)
+    image[0, :, 12, 44] = 1.0
+    turned, xy = rotate_inputs(image, torch.tensor([[[44.0, 12.0]]]), 40.0)
+    y, x = np.unravel_index(turned[0, 0].argmax().item(), (64, 64))
+    assert np.hypot(x - xy[0, 0, 0].item(), y - xy[0, 0, 1].item()) < 1.0
+    back, xy_back = rotate_inputs(turned, xy, -40.0)
+    np.testing.assert_allclose(xy_back[0, 0].numpy(), [44.0, 12.0], atol=1e-4)
+
+
+def test_a_keypoint_unplaced_on_one_shot_is_ignored_there_only() -> None:
+    model = CapeModel.from_preset("test", input_size=128).eval()
+    images = torch.randn(2, 3, 128, 128)
+    keypoints = torch.tensor([[[30.0, 30.0], [90.0, 40.0], [60.0, 100.0]]]).repeat(2, 1, 1)
+    visible = torch.tensor([[True, True, True], [True, False, True]])
+    both = match_support(model.backbone.pyramid, images, keypoints, visible)
+    first = match_support(model.backbone.pyramid, images[:1], keypoints[:1], visible[:1])
+    assert both.placed.all()
+    torch.testing.assert_close(both.descriptors[1], first.descriptors[1])  # shot 1 did not dilute keypoint 1
+    nowhere = match_support(model.backbone.pyramid, images, keypoints, torch.tensor([[True, False, True]] * 2))
+    assert not nowhere.placed[1] and nowhere.descriptors[1].abs().max() == 0
+
+
+def test_search_tiles_cover_the_frame_at_each_size() -> None:
+    for width, height in ((640, 272), (176, 144), (1280, 720)):
+        for d in (2, 3):
+            side = max(width, height) / d
+            tiles = [t for t in search_tiles(width, height, (d,)) if abs(t.size - side) < 1e-9]
+            covered = np.zeros((height, width), bool)
+            for t in tiles:
+                x0, y0 = max(0, int(t.x0)), max(0, int(t.y0))
+                covered[y0 : int(math.ceil(t.y0 + t.size)), x0 : int(math.ceil(t.x0 + t.size))] = True
+            assert covered.all(), (width, height, d)
+
+
+@pytest.mark.slow
+def test_the_search_finds_a_small_object_in_a_wide_frame(tmp_path: Path) -> None:
+    """A small square in a wide frame (a fifth of its height): the whole-frame view shows it a few cells wide, the
+    tiled search finds it; the track then stays on it."""
+    clip = write_clip(tmp_path, frames=8, size=(640, 240), object_fraction=0.2)
+    support = SupportSet.from_files([write_support(clip, tmp_path / "support", index=0)])
+    tracker = Tracker(CapeModel.from_checkpoint(None), support, TrackerConfig(batch=4))
+    with VideoFileSource(clip.path) as source:
+        results = list(tracker.run(source))
+    side = 0.2 * 240
+    errors = np.array([np.linalg.norm(r.xy_frame - clip.keypoints[r.index], axis=1) for r in results])
+    assert np.median(errors) < 0.15 * side
+
+
+def test_points_outside_the_frame_are_never_visible(tmp_path: Path) -> None:
+    """The tiny random network puts keypoints anywhere in the crop; a crop wider than the frame has padding, and
+    any keypoint placed there must come out not visible."""
+    clip = write_clip(tmp_path, frames=4, size=(96, 40))
+    support = SupportSet.from_files([write_support(clip, tmp_path / "support")])
+    config = TrackerConfig(batch=2, smooth=False, finder="network")
+    tracker = Tracker(CapeModel.from_preset("test", input_size=128), support, config)
+    with VideoFileSource(clip.path) as source:
+        for r in tracker.run(source):
+            outside = (r.xy_frame[:, 0] < -0.5) | (r.xy_frame[:, 0] > 95.5)
+            outside |= (r.xy_frame[:, 1] < -0.5) | (r.xy_frame[:, 1] > 39.5)
+            assert not (r.visible & outside).any()
+            assert (r.scores[outside] == 0).all()
+
+
+def test_the_finder_is_the_default_only_where_the_backbone_has_a_finer_level(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path, frames=2)
+    support = SupportSet.from_files([write_support(clip, tmp_path / "support")])
+    assert Tracker(CapeModel.from_preset("test", input_size=128), support).finder is not None
+    mini = CapeModel.from_preset("mini", input_size=256)  # SwinV2, as the paper's checkpoints
+    assert not mini.can_match and Tracker(mini, support).finder is None
+    with pytest.raises(ValueError, match="finder"):
+        TrackerConfig(finder="magic")
+    assert SquareBox.letterbox(4, 2) == SquareBox(0.0, -1.0, 4.0)
