@@ -188,7 +188,18 @@ def test_webcam_records_without_a_display(inputs, checkpoint, tmp_path, capsys, 
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_valid_files_and_says_how_far_it_got(checkpoint, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sig", "code", "verb"),
+    [
+        (signal.SIGINT, 130, "interrupted"),
+        (signal.SIGTERM, 143, "stopped by SIGTERM"),
+        (signal.SIGHUP, 129, "stopped by SIGHUP"),
+    ],
+)
+def test_a_stop_signal_leaves_valid_files_and_says_how_far_it_got(
+    checkpoint, tmp_path: Path, sig: int, code: int, verb: str
+) -> None:
+    """Ctrl-C, and the SIGTERM / SIGHUP that job schedulers and closed terminals send: the same orderly stop."""
     clip = write_clip(tmp_path, frames=300)
     ref = write_support(clip, tmp_path / "support")
     out = tmp_path / "out"
@@ -215,11 +226,11 @@ def test_ctrl_c_leaves_valid_files_and_says_how_far_it_got(checkpoint, tmp_path:
     while not (paths["csv"].exists() and len(paths["csv"].read_text().splitlines()) > 3):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
+    assert process.returncode == code, stderr
     last = stderr.splitlines()[-1]
-    assert last.startswith("cape-track: interrupted after ") and last.endswith(f"frames; partial results in {out}/")
+    assert last.startswith(f"cape-track: {verb} after ") and last.endswith(f"frames; partial results in {out}/")
     frames = int(last.split("after ")[1].split(" frames")[0])
     assert 3 <= frames < 300
     data = json.loads(paths["json"].read_text())

@@ -85,44 +85,48 @@ def _run(args: argparse.Namespace) -> int:
         out: Path | None = Path(args.out)
     else:
         out = Path(args.record) if args.record else None
-    source: Source | None = None
-    try:
+    with _Signals() as signals:
         try:
             source, tracker, sinks = _setup(args, out)
         except (CapeError, _UsageError) as exc:
             return _fail(str(exc), 2)
+        except KeyboardInterrupt:
+            print(f"{PROG}: {signals.verb} before the first frame", file=sys.stderr)
+            return signals.exit_code
         except Exception as exc:  # an input that broke something unforeseen: still one line, no traceback
             return _fail(f"unexpected {type(exc).__name__}: {_first_line(exc)}", 1)
-        progress = _ProgressLine(sys.stderr, visible=sys.stderr.isatty())
-        start = time.perf_counter()
-        with _DeferredCtrlC() as ctrl_c:
-
-            def on_frame(done: int, total: int | None) -> None:
-                ctrl_c.check()
-                progress(done, total)
-
-            try:
-                for _ in tracker.run(source, sinks, on_frame):
-                    pass
-            except CapeError as exc:
-                return _stopped(tracker, out, f"cape-track: error: {exc}", 1, progress)
-            except Exception as exc:  # a bug or an unforeseen input mid-run: the files done so far are still valid
-                message = f"cape-track: error: unexpected {type(exc).__name__}: {_first_line(exc)}"
-                return _stopped(tracker, out, message, 1, progress)
-            except KeyboardInterrupt:
-                return _stopped(tracker, out, "", 130, progress)
-        progress.finish()
-        seconds = time.perf_counter() - start
-        frames = tracker.times.frames
-        where = f"; results in {out}/" if out is not None else ""
-        print(f"{PROG}: {frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.1f} fps){where}")
-        return 0
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted before the first frame", file=sys.stderr)
-        return 130
-    finally:
-        if source is not None:
+        try:
+            return _track(tracker, source, sinks, out, signals)
+        finally:
             source.close()
+
+
+def _track(tracker: Tracker, source: Source, sinks: list[Sink], out: Path | None, signals: _Signals) -> int:
+    """The run itself: signals are now held until the current frame is written everywhere."""
+    progress = _ProgressLine(sys.stderr, visible=sys.stderr.isatty())
+    start = time.perf_counter()
+    signals.deferred = True
+
+    def on_frame(done: int, total: int | None) -> None:
+        signals.check()
+        progress(done, total)
+
+    try:
+        for _ in tracker.run(source, sinks, on_frame):
+            pass
+    except CapeError as exc:
+        return _stopped(tracker, out, f"cape-track: error: {exc}", None, progress)
+    except Exception as exc:  # a bug or an unforeseen input mid-run: the files done so far are still valid
+        message = f"cape-track: error: unexpected {type(exc).__name__}: {_first_line(exc)}"
+        return _stopped(tracker, out, message, None, progress)
+    except KeyboardInterrupt:
+        return _stopped(tracker, out, "", signals, progress)
+    progress.finish()
+    seconds = time.perf_counter() - start
+    frames = tracker.times.frames
+    where = f"; results in {out}/" if out is not None else ""
+    print(f"{PROG}: {frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.1f} fps){where}")
+    return 0
 
 
 def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker, list[Sink]]:
@@ -179,15 +183,18 @@ def _check_writable(out: Path) -> None:
         raise SinkError(f"{out}: cannot write results there ({exc.strerror or exc}; choose another folder)") from exc
 
 
-def _stopped(tracker: Tracker, out: Path | None, message: str, code: int, progress: _ProgressLine) -> int:
+def _stopped(
+    tracker: Tracker, out: Path | None, message: str, signals: _Signals | None, progress: _ProgressLine
+) -> int:
+    """End of a run cut short, by a failure (`signals` None: exit 1) or a signal (128 + its number)."""
     progress.finish()
     if message:
         print(message, file=sys.stderr)
     done = tracker.times.frames
     partial = f"; partial results in {out}/" if out is not None else ""
-    verb = "interrupted" if code == 130 else "stopped"
+    verb = signals.verb if signals is not None else "stopped"
     print(f"{PROG}: {verb} after {done} frames{partial}", file=sys.stderr)
-    return code
+    return signals.exit_code if signals is not None else 1
 
 
 def _fail(message: str, code: int) -> int:
@@ -245,31 +252,50 @@ class _ProgressLine:
             self.shown = False
 
 
-class _DeferredCtrlC:
-    """Holds the first Ctrl-C until the frame being written has reached every output, so the video, JSON and CSV
-    agree on the frames done; a second Ctrl-C interrupts at once."""
+class _Signals:
+    """One orderly stop for Ctrl-C (SIGINT), SIGTERM (job schedulers: Slurm, Kubernetes, systemd) and SIGHUP (a
+    closed terminal). Before tracking starts a signal interrupts at once; while tracking (`deferred`) the first one
+    is held until the frame being written has reached every output, so the video, JSON and CSV agree on the frames
+    done; a second one interrupts at once. The exit code is 128 + the signal number (130, 143, 129)."""
 
     def __init__(self) -> None:
-        self.pressed = False
-        self._previous: object = None
+        self.signum: int | None = None
+        self.deferred = False
+        self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> _DeferredCtrlC:
+    def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for sig in _STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.pressed:
+        first = self.signum is None
+        if first:
+            self.signum = signum
+        if not (self.deferred and first):
             raise KeyboardInterrupt
-        self.pressed = True
 
     def check(self) -> None:
-        if self.pressed:
+        if self.signum is not None:
             raise KeyboardInterrupt
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+    @property
+    def verb(self) -> str:
+        if self.signum in (None, signal.SIGINT):
+            return "interrupted"
+        return f"stopped by {signal.Signals(self.signum).name}"
+
+
+_STOP_SIGNALS = tuple(sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig)
 
 
 if __name__ == "__main__":
