@@ -147,9 +147,10 @@ def clip_and_support(tmp_path: Path):
     return clip, SupportSet.from_files([write_support(clip, tmp_path / "support")])
 
 
-def _track(accel: Accelerator, clip, support, batch: int = 2) -> list:
+def _track(accel: Accelerator, clip, support, batch: int = 2, finder: str = "network") -> list:
+    """The network path by default: its model calls are one per batch (the finder's search adds calls)."""
     torch.manual_seed(0)
-    tracker = Tracker(CapeModel.from_preset("test"), support, TrackerConfig(batch=batch), accel)
+    tracker = Tracker(CapeModel.from_preset("test"), support, TrackerConfig(batch=batch, finder=finder), accel)
     with VideoFileSource(clip.path) as source:
         return list(tracker.run(source))
 
@@ -177,10 +178,12 @@ def test_stream_scheduler_orders_copies_around_compute(clip_and_support) -> None
         assert log.index(("record", "download", event)) < log.index(("sync", event))
 
 
-def test_stream_scheduler_computes_what_the_cpu_path_computes(clip_and_support) -> None:
+@pytest.mark.parametrize("finder", ["network", "match"])
+def test_stream_scheduler_computes_what_the_cpu_path_computes(clip_and_support, finder: str) -> None:
     clip, support = clip_and_support
     fake = CudaAccelerator("cpu", streams=FakeStreams(), pin=False)
     fake.in_flight = 1  # same crops as the plain path (two in flight place crops from older keypoints)
-    for ours, plain in zip(_track(fake, clip, support), _track(Accelerator("cpu"), clip, support), strict=True):
+    ours_all = _track(fake, clip, support, finder=finder)
+    for ours, plain in zip(ours_all, _track(Accelerator("cpu"), clip, support, finder=finder), strict=True):
         np.testing.assert_array_equal(ours.xy_frame, plain.xy_frame)
         np.testing.assert_array_equal(ours.scores, plain.scores)

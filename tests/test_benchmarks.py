@@ -139,13 +139,21 @@ def test_pck_tracks_command_compares_tracker_and_flow(tmp_path: Path, capsys: py
     argv = ["tracks", "--video", str(clip.path), "--support", str(support), "--reference", str(tmp_path / "ref.json")]
     assert pck.main([*argv, "--checkpoint", str(checkpoint), "--device", "cpu", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [r["method"] for r in rows] == [
-        "cape-track (model + smoother)",
+    methods = [r["method"] for r in rows]
+    assert methods == [
+        "cape-track",
         "cape-track raw (no smoother)",
+        "graph network + smoother (finder off)",
+        "NN matching s16 (reference crop)",
+        "NN matching s8+16 (reference crop)",
         "LK optical flow",
+        "support layout fitted to the reference (ceiling)",
     ]
     assert all(r["support_frame"] == 3 and r["frames"] == 7 for r in rows)  # the support's frame is left out
-    assert rows[2]["pck"]["0.1"] == 1.0  # the flow baseline on clean synthetic motion
+    by_method = dict(zip(methods, rows, strict=True))
+    assert by_method["LK optical flow"]["pck"]["0.1"] == 1.0  # the flow baseline on clean synthetic motion
+    # The square moves rigidly: its own layout fitted to the reference is exact.
+    assert by_method["support layout fitted to the reference (ceiling)"]["pck"]["0.05"] == 1.0
     assert "| LK optical flow |" in capsys.readouterr().out
 
 

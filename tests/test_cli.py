@@ -175,8 +175,7 @@ def test_webcam_records_without_a_display(inputs, checkpoint, tmp_path, capsys, 
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     monkeypatch.setattr("sys.platform", "linux")
     monkeypatch.setattr(
-        cli,
-        "WebcamSource",
+        "cape_track.tracker.sources.WebcamSource",
         lambda index: WebcamSource(index, open_capture=lambda i: FakeCapture(i, limit=12, period=0.005, size=(64, 48))),
     )
     _, ref = inputs
@@ -238,3 +237,24 @@ def test_a_stop_signal_leaves_valid_files_and_says_how_far_it_got(
     assert len(paths["csv"].read_text().splitlines()) == frames + 1
     with av.open(str(paths["video"])) as container:
         assert len(list(container.decode(video=0))) == frames
+
+
+def test_help_version_and_argument_errors_import_no_torch() -> None:
+    """They answer at once: torch, timm, PyAV and OpenCV are imported only when there is work to do."""
+    code = (
+        "import sys\n"
+        "from cape_track.tracker.cli import main\n"
+        "codes = [main(['--help']), main(['--batch', '0', 'x.mp4']), main([])]\n"
+        "heavy = [m for m in ('torch', 'timm', 'av', 'cv2') if m in sys.modules]\n"
+        "print(codes, heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "[0, 2, 2] []", done.stderr
+    assert "usage: cape-track" in done.stderr  # no arguments: the usage line, then the error
+
+
+def test_the_accel_choices_are_the_accelerators() -> None:
+    from cape_track.tracker.accel import ACCELS
+    from cape_track.tracker.cli import ACCEL_CHOICES
+
+    assert ACCEL_CHOICES == ACCELS

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_media import write_clip, write_support
 
 from cape_track.model import CapeModel, SupportSet
 from cape_track.model.matching import FinderConfig, KeypointFinder, MatchSupport, match_support, rotate_inputs
 from cape_track.model.transforms import SquareBox
 from cape_track.tracker import Tracker, TrackerConfig, VideoFileSource
 from cape_track.tracker.pipeline import search_tiles
-from tests.fixtures_media import write_clip, write_support
 
 STRIDE = 8
 SIZE = 256  # input px: a 32 x 32 map at stride 8

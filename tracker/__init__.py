@@ -1,14 +1,45 @@
 """cape-track's streaming tracker: sources, ROI follow, batched model calls, smoothing, sinks and the CLI."""
 
-from .accel import Accelerator, select_device
-from .drawing import draw_pose, draw_text, keypoint_colors
-from .errors import DeviceError, SinkError, SourceError, TrackerWarning
-from .pipeline import FrameResult, StageTimes, Tracker, TrackerConfig, TrackState
-from .roi import RoiConfig
-from .sinks import CsvSink, JsonSink, Sink, TrackInfo, VideoSink, WindowSink, file_sinks, output_paths
-from .smoothing import KalmanSmoother, SmootherConfig
-from .sources import Frame, ImageFolderSource, Source, VideoFileSource, WebcamSource, open_source
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
+# Names -> the submodule that defines them. Imported on first use (PEP 562), so that `cape-track --help`,
+# argument errors and light modules such as `errors` do not pay for torch and timm.
+_EXPORTS = {
+    "Accelerator": ".accel",
+    "select_device": ".accel",
+    "draw_pose": ".drawing",
+    "draw_text": ".drawing",
+    "keypoint_colors": ".drawing",
+    "DeviceError": ".errors",
+    "SinkError": ".errors",
+    "SourceError": ".errors",
+    "TrackerWarning": ".errors",
+    "FrameResult": ".pipeline",
+    "StageTimes": ".pipeline",
+    "TrackState": ".pipeline",
+    "Tracker": ".pipeline",
+    "TrackerConfig": ".pipeline",
+    "RoiConfig": ".roi",
+    "CsvSink": ".sinks",
+    "JsonSink": ".sinks",
+    "Sink": ".sinks",
+    "TrackInfo": ".sinks",
+    "VideoSink": ".sinks",
+    "WindowSink": ".sinks",
+    "file_sinks": ".sinks",
+    "output_paths": ".sinks",
+    "KalmanSmoother": ".smoothing",
+    "SmootherConfig": ".smoothing",
+    "Frame": ".sources",
+    "ImageFolderSource": ".sources",
+    "Source": ".sources",
+    "VideoFileSource": ".sources",
+    "WebcamSource": ".sources",
+    "open_source": ".sources",
+}
 __all__ = [
     "Accelerator",
     "CsvSink",
@@ -42,3 +73,21 @@ __all__ = [
     "output_paths",
     "select_device",
 ]
+
+if TYPE_CHECKING:
+    from .accel import Accelerator, select_device
+    from .drawing import draw_pose, draw_text, keypoint_colors
+    from .errors import DeviceError, SinkError, SourceError, TrackerWarning
+    from .pipeline import FrameResult, StageTimes, Tracker, TrackerConfig, TrackState
+    from .roi import RoiConfig
+    from .sinks import CsvSink, JsonSink, Sink, TrackInfo, VideoSink, WindowSink, file_sinks, output_paths
+    from .smoothing import KalmanSmoother, SmootherConfig
+    from .sources import Frame, ImageFolderSource, Source, VideoFileSource, WebcamSource, open_source
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -12,15 +12,19 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
-from cape_track.model import CapeModel, SupportSet
 from cape_track.model.errors import CapeError
-from cape_track.tracker.accel import ACCELS, Accelerator, configure_cpu_threads, select_device
 from cape_track.tracker.errors import SinkError
-from cape_track.tracker.pipeline import Tracker, TrackerConfig
-from cape_track.tracker.sinks import Sink, WindowSink, file_sinks
-from cape_track.tracker.sources import Source, WebcamSource, open_source
+
+if TYPE_CHECKING:
+    from cape_track.tracker.pipeline import Tracker
+    from cape_track.tracker.sinks import Sink
+    from cape_track.tracker.sources import Source
+
+# torch, timm, PyAV and OpenCV are imported in `_setup`, after the arguments are checked: `--help`, `--version` and
+# argument errors answer at once instead of after seconds of imports.
+ACCEL_CHOICES = ("none", "compile", "tensorrt")  # tracker.accel.ACCELS (checked equal by the tests)
 
 PROG = "cape-track"
 
@@ -41,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: cape-track clip.mp4 --support ref.jpg   (reads ref.json beside ref.jpg)",
     )
     p.add_argument("video", nargs="?", help="video file or folder of images")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--webcam", type=int, metavar="INDEX", help="track a camera live instead of a file")
     p.add_argument("--support", action="append", metavar="IMAGE", help="support image; repeat for K shots")
     p.add_argument("--keypoints", action="append", metavar="FILE", help="keypoint file (default: IMAGE's .json)")
@@ -54,10 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="DIR", help="with --webcam: also write the video and tracks to DIR")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     p.add_argument("--batch", type=_positive_int, default=4, metavar="N", help="frames per model call (default: 4)")
-    p.add_argument("--accel", choices=ACCELS, default="none", help="backbone speed-up (default: none)")
+    p.add_argument("--accel", choices=ACCEL_CHOICES, default="none", help="backbone speed-up (default: none)")
     p.add_argument("--no-smooth", action="store_true", help="report the network's raw keypoints")
     p.add_argument("--offline", action="store_true", help="files only: add a backward smoothing pass")
     p.add_argument("--show", action="store_true", help="show a live window while tracking a file")
+    p.add_argument(
+        "--export",
+        type=_export_list,
+        default=(),
+        metavar="FORMATS",
+        help="also write the tracks as dlc (DeepLabCut CSV + HDF5), sleap (.slp + analysis HDF5), coco; e.g. dlc,coco",
+    )
     return p
 
 
@@ -66,8 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.showwarning = _print_note
+        parser = build_parser()
+        argv = sys.argv[1:] if argv is None else list(argv)
+        if not argv:
+            parser.print_usage(sys.stderr)
+            return _fail("give a VIDEO (file or image folder) or --webcam INDEX, and --support IMAGE", 2)
         try:
-            args = build_parser().parse_args(argv)
+            args = parser.parse_args(argv)
         except _UsageError as exc:
             return _fail(str(exc), 2)
         except SystemExit as exc:  # --help
@@ -76,8 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script entry point."""
-    raise SystemExit(main())
+    """Console-script entry point. A Ctrl-C that lands outside `main`'s own handling (while Python starts up the
+    command) still ends in one line."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        code = 130
+    raise SystemExit(code)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -96,9 +119,10 @@ def _run(args: argparse.Namespace) -> int:
         except Exception as exc:  # an input that broke something unforeseen: still one line, no traceback
             return _fail(f"unexpected {type(exc).__name__}: {_first_line(exc)}", 1)
         try:
-            return _track(tracker, source, sinks, out, signals)
+            code = _track(tracker, source, sinks, out, signals)
         finally:
             source.close()
+        return _export(args, out, code)
 
 
 def _track(tracker: Tracker, source: Source, sinks: list[Sink], out: Path | None, signals: _Signals) -> int:
@@ -129,6 +153,31 @@ def _track(tracker: Tracker, source: Source, sinks: list[Sink], out: Path | None
     return 0
 
 
+def _export(args: argparse.Namespace, out: Path | None, code: int) -> int:
+    """`--export`: the field's formats from the tracks file, for the frames done (also after a stop)."""
+    if not args.export or out is None:
+        return code
+    from cape_track.tracker.exports import export_tracks
+    from cape_track.tracker.sinks import output_paths
+
+    tracks = output_paths(out, _stem(args))["json"]
+    if not tracks.is_file():
+        return code
+    try:
+        export_tracks(tracks, args.export, video=Path(args.video) if args.video else None)
+    except CapeError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return code or 1
+    return code
+
+
+def _stem(args: argparse.Namespace) -> str:
+    """The output name of an input: the file name without its extension (a folder's own name)."""
+    if args.video is None:
+        return f"webcam{args.webcam}"
+    return Path(args.video).stem or Path(args.video).resolve().name
+
+
 def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker, list[Sink]]:
     """Validate every input before model work, cheapest first; raises `CapeError`/`_UsageError` on bad input."""
     if (args.video is None) == (args.webcam is None):
@@ -141,6 +190,17 @@ def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker,
         raise _UsageError("--offline is a smoothing pass (drop --no-smooth)")
     if args.webcam is None and args.record:
         raise _UsageError("--record is for --webcam (files are written to --out)")
+    if "sleap" in args.export:
+        from cape_track.tracker.exports import sleap_available
+
+        if not sleap_available():
+            raise _UsageError("--export sleap needs sleap-io (pip install 'cape-track[sleap]')")
+    from cape_track.model import CapeModel, SupportSet
+    from cape_track.tracker.accel import Accelerator, configure_cpu_threads, select_device
+    from cape_track.tracker.pipeline import Tracker, TrackerConfig
+    from cape_track.tracker.sinks import WindowSink, file_sinks
+    from cape_track.tracker.sources import WebcamSource, open_source
+
     device = select_device(args.device)
     configure_cpu_threads(device)
     live_window = args.webcam is not None or args.show
@@ -158,9 +218,11 @@ def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker,
         stem = source.name
     else:
         source = open_source(Path(args.video))
-        stem = Path(args.video).stem or Path(args.video).resolve().name
+        stem = _stem(args)
     if headless:
         warnings.warn("no display: recording without a window (Ctrl-C stops)", stacklevel=1)
+    if sys.stderr.isatty():
+        print(f"{PROG}: loading the model ...", file=sys.stderr, flush=True)
     try:
         model = CapeModel.from_checkpoint(args.checkpoint, device=device, trust=args.trust_checkpoint)
         config = TrackerConfig(batch=args.batch, smooth=not args.no_smooth, offline=args.offline)
@@ -172,6 +234,21 @@ def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker,
     if live_window:
         sinks.append(WindowSink(f"{PROG}: {stem}"))
     return source, tracker, sinks
+
+
+def _export_list(text: str) -> tuple[str, ...]:
+    from cape_track.tracker.exports import parse_exports
+
+    try:
+        return parse_exports(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _version() -> str:
+    from cape_track import __version__
+
+    return __version__
 
 
 def _check_writable(out: Path) -> None:

@@ -138,8 +138,11 @@ class Tracker:
         else:
             embedding = support
         self.embedding = embedding.to(self.accel.device)
-        use_finder = self.config.finder == "match" or (self.config.finder == "auto" and self.model.can_match)
-        if use_finder and not isinstance(support, SupportSet):
+        # "auto" takes the finder where it can run: it needs the support's images and keypoints (not only an
+        # embedding) and a backbone with a finer level.
+        is_set = isinstance(support, SupportSet)
+        use_finder = self.config.finder == "match" or (self.config.finder == "auto" and is_set and model.can_match)
+        if use_finder and not is_set:
             raise ValueError("the keypoint finder needs the SupportSet (images and keypoints), not an embedding")
         self.finder = (
             KeypointFinder(

@@ -157,7 +157,8 @@ def _copy_prefix(src: BinaryIO, dst: BinaryIO, size: int, chunk: int = 1 << 20) 
 
 
 class CsvSink(Sink):
-    """One row per frame, `frame,time,<name>_x,<name>_y,<name>_score,...`, flushed after every row."""
+    """One row per frame, `frame,time,<name>_x,<name>_y,<name>_score,<name>_visible,...` (visible 1/0: a hidden
+    point keeps its last estimate in x/y, marked 0), flushed after every row."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -171,13 +172,17 @@ class CsvSink(Sink):
         except OSError as exc:
             raise SinkError(f"{self.path}: cannot create ({exc.strerror or exc})") from exc
         self._csv = csv.writer(self._file)
-        columns = ["frame", "time"] + [f"{name}_{field}" for name in info.names for field in ("x", "y", "score")]
+        fields = ("x", "y", "score", "visible")
+        columns = ["frame", "time"] + [f"{name}_{field}" for name in info.names for field in fields]
         self._csv.writerow(columns)
         self._file.flush()
 
     def write(self, frame: Frame, result: FrameResult) -> None:
-        values = np.concatenate([result.xy_frame, result.scores[:, None]], axis=1).ravel()  # [N * 3]
-        self._csv.writerow([result.index, f"{result.time:.6f}", *(f"{v:.3f}" for v in values)])
+        cells = [
+            (f"{x:.3f}", f"{y:.3f}", f"{score:.3f}", "1" if vis else "0")
+            for (x, y), score, vis in zip(result.xy_frame, result.scores, result.visible, strict=True)
+        ]
+        self._csv.writerow([result.index, f"{result.time:.6f}", *(c for cell in cells for c in cell)])
         self._file.flush()
         self.frames_written += 1
 
