@@ -2,7 +2,8 @@
 the whole pipeline (throughput and per-frame latency), the cached support against re-encoding it every frame, batch
 sizes and accelerators. The ratios are the targets of DESIGN.md; a table is printed and `--json` keeps the figures.
 
-    python -m cape_track.benchmarks.fps --video samples/sample.mp4 --support samples/sample.jpg --frames 60 --json fps.json
+    python -m cape_track.benchmarks.fps --video samples/sample.mp4 --support samples/sample.jpg --frames 60 \\
+        --json fps.json
 """
 
 from __future__ import annotations

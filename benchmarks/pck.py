@@ -3,7 +3,8 @@ protocol, and (ii) of tracks on a real video against an independent reference tr
 optical-flow tracker started from the same support keypoints (DESIGN.md, Targets).
 
     python -m cape_track.benchmarks.pck dataset --checkpoint C --data-root IMAGES --ann-file ANN.json [--shots 1]
-    python -m cape_track.benchmarks.pck tracks --video V --support S [--support S2] --reference R [--checkpoint C] --json OUT
+    python -m cape_track.benchmarks.pck tracks --video V --support S [--support S2] --reference R [--checkpoint C] \\
+        --json OUT
 """
 
 from __future__ import annotations

@@ -1,23 +1,53 @@
 """cape-track's network: the graph-based category-agnostic pose estimator of Pose Anything, in plain PyTorch."""
 
-from .cape import CapeModel
-from .checkpoint import load_official_checkpoint
-from .config import PRESETS, BackboneConfig, CapeConfig
-from .errors import CapeError, CheckpointError, SupportFileError
-from .outputs import Prediction, SupportEmbedding
-from .support import KeypointFile, SupportSet
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
+# Names -> the submodule that defines them. Imported on first use (PEP 562), so that `cape-track --help`,
+# argument errors and light modules such as `errors` do not pay for torch and timm.
+_EXPORTS = {
+    "CapeModel": ".cape",
+    "load_official_checkpoint": ".checkpoint",
+    "PRESETS": ".config",
+    "BackboneConfig": ".config",
+    "CapeConfig": ".config",
+    "CapeError": ".errors",
+    "CheckpointError": ".errors",
+    "SupportFileError": ".errors",
+    "Prediction": ".outputs",
+    "SupportEmbedding": ".outputs",
+    "KeypointFile": ".support",
+    "SupportSet": ".support",
+}
 __all__ = [
-    "PRESETS",
     "BackboneConfig",
     "CapeConfig",
     "CapeError",
     "CapeModel",
     "CheckpointError",
     "KeypointFile",
+    "PRESETS",
     "Prediction",
     "SupportEmbedding",
     "SupportFileError",
     "SupportSet",
     "load_official_checkpoint",
 ]
+
+if TYPE_CHECKING:
+    from .cape import CapeModel
+    from .checkpoint import load_official_checkpoint
+    from .config import PRESETS, BackboneConfig, CapeConfig
+    from .errors import CapeError, CheckpointError, SupportFileError
+    from .outputs import Prediction, SupportEmbedding
+    from .support import KeypointFile, SupportSet
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value

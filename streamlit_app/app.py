@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 import torch
+from streamlit.runtime.uploaded_file_manager import UploadedFile
+from streamlit_image_coordinates import streamlit_image_coordinates
+
 from cape_track.model import CapeError, CapeModel, KeypointFile
 from cape_track.model.support import load_image
 from cape_track.streamlit_app.job import JobState, TrackingJob
 from cape_track.streamlit_app.state import Annotation, AnnotationError, History, pointer_edit
 from cape_track.tracker import TrackerConfig, draw_pose, keypoint_colors, open_source, select_device
-from streamlit.runtime.uploaded_file_manager import UploadedFile
-from streamlit_image_coordinates import streamlit_image_coordinates
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff"]

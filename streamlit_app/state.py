@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
 from cape_track.model import CapeError, KeypointFile, SupportSet
 
 MIN_KEYPOINTS = 1  # keypoints visible on every shot needed to track
