@@ -151,8 +151,8 @@ SYNTHETIC = TrainConfig(
     workers=0,
 )
 
-# Overfitting check on a small generated set (`python -m cape_track.training.synthetic data/synthetic-small --categories 5
-# --images 8`): the tiny test network at 128 px, no augmentation, validated on its own training split.
+# Overfitting check on a small generated set (`python -m cape_track.training.synthetic data/synthetic-small
+# --categories 5 --images 8`): the tiny test network at 128 px, no augmentation, validated on its own training split.
 SYNTHETIC_OVERFIT = replace(
     SYNTHETIC,
     name="synthetic-overfit",

@@ -3,13 +3,13 @@ started as a feature matcher and trained on two-view episodes of real photos and
 Resumable; logs a CSV curve.
 
     python -m cape_track.training.default_recipe --out runs/default --minutes 70
-    python -m cape_track.training.default_recipe --out runs/default --export model/weights/default.safetensors   # after training
+    python -m cape_track.training.default_recipe --out runs/default --export model/weights/default.safetensors  # then
 
 A fine-tuning stage starts from a checkpoint and may add clip frame-pair episodes and train the last backbone
 stages (both measured in the README's model card; neither was shipped):
 
-    python -m cape_track.training.default_recipe --out runs/ft --init model/weights/default.safetensors --lr 1e-4 --warmup 50 \
-        --steps 2000 --pairs --tune-blocks 1
+    python -m cape_track.training.default_recipe --out runs/ft --init model/weights/default.safetensors \
+        --lr 1e-4 --warmup 50 --steps 2000 --pairs --tune-blocks 1
 """
 
 from __future__ import annotations
