@@ -359,12 +359,16 @@ def skeleton_editor(annotation: Annotation) -> None:
     if n < 2:
         st.caption("Place two keypoints to link them.")
         return
+    # The selectors hold stable keypoint ids, never positions or names: a rename, delete or undo changes the labels
+    # and positions under them, and a stale value (of any type) is dropped rather than compared.
+    ids = list(annotation.ids)
     for key in ("link_from", "link_to"):
-        if st.session_state.get(key, 0) >= n:
+        if key in st.session_state and st.session_state[key] not in ids:
             del st.session_state[key]
+    name_of = dict(zip(ids, annotation.names, strict=True))
     first, second, button = st.columns([2, 2, 1], vertical_alignment="bottom")
-    first.selectbox("Link", range(n), format_func=lambda i: annotation.names[i], key="link_from")
-    second.selectbox("to", range(n), index=1, format_func=lambda i: annotation.names[i], key="link_to")
+    first.selectbox("Link", ids, format_func=name_of.get, key="link_from")
+    second.selectbox("to", ids, index=1, format_func=name_of.get, key="link_to")
     button.button("Link", on_click=link, width="stretch")
     if annotation.skeleton:
         st.pills(
@@ -380,7 +384,7 @@ def skeleton_editor(annotation: Annotation) -> None:
 
 def link() -> None:
     try:
-        history().apply(history().current.link(st.session_state.link_from, st.session_state.link_to))
+        history().apply(history().current.link(index_of(st.session_state.link_from), index_of(st.session_state.link_to)))
     except AnnotationError as exc:
         notify("skeleton", str(exc))
 

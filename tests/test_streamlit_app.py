@@ -266,6 +266,28 @@ def test_click_name_hide_undo_delete_and_link(page: AppTest, tmp_path: Path) -> 
     assert not page.exception
 
 
+def test_renaming_the_keypoints_in_the_link_selectors_keeps_the_page(page: AppTest, tmp_path: Path) -> None:
+    """Renaming the keypoint shown in the "to" box (the second one by default) used to crash the page (a name
+    compared with a position); the selectors hold stable ids, so renames, deletes and undo keep them valid."""
+    clip = write_clip(tmp_path, frames=2)
+    _upload_support(page, write_support(clip, tmp_path))
+    for t, (x, y) in enumerate([(100, 80), (300, 90), (200, 300)], start=1):
+        page.session_state["clicks_0"] = _click(x, y, width=640, height=480, t=t)
+        page.run()
+    assert page.selectbox(key="link_to").value == 1
+    page.text_input(key="name_1").set_value("tail").run()
+    page.text_input(key="name_0").set_value("nose").run()
+    assert not page.exception
+    assert page.selectbox(key="link_to").value == 1 and "tail" in page.selectbox(key="link_to").options
+    _button(page, "Link").click().run()
+    assert _annotation(page).skeleton == ((0, 1),)
+    page.button(key="delete_1").click().run()  # the keypoint in the "to" box goes away
+    assert not page.exception and page.selectbox(key="link_to").value in (0, 2)
+    _button(page, "↶ Undo").click().run()
+    page.text_input(key="name_2").set_value("ear").run()
+    assert not page.exception and _annotation(page).names == ("nose", "tail", "ear")
+
+
 def test_k_shot_a_second_image_takes_the_same_keypoint_list(page: AppTest, tmp_path: Path) -> None:
     clip = write_clip(tmp_path, frames=2)
     _upload_support(page, write_support(clip, tmp_path))
