@@ -62,6 +62,7 @@ class KeypointFile:
         """Read and validate a support keypoint file; with `image_size` (W, H), visible points must lie inside."""
         where = str(path)
         try:
+            _check_readable(Path(path), "keypoint file", MAX_KEYPOINT_FILE_BYTES)
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise SupportFileError(f"{where}: no such keypoint file (write one beside the support image)") from None
@@ -72,6 +73,10 @@ class KeypointFile:
         except json.JSONDecodeError as e:
             raise SupportFileError(
                 f"{where}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg} (write {_HOW_TO_WRITE})"
+            ) from None
+        except (ValueError, RecursionError) as e:  # a number too long to convert, nesting too deep to parse
+            raise SupportFileError(
+                f"{where}: not a keypoint file ({type(e).__name__}) (write {_HOW_TO_WRITE})"
             ) from None
         if not isinstance(data, dict):
             raise SupportFileError(
@@ -114,6 +119,27 @@ class KeypointFile:
                     f"(coordinates are pixels of that image: x in [-0.5, {width - 0.5:g}], "
                     f"y in [-0.5, {height - 0.5:g}])"
                 )
+
+
+MAX_KEYPOINT_FILE_BYTES = 4 << 20  # a support of 100 keypoints is a few kB; a bigger file is not one (and never read)
+
+
+def _check_readable(path: Path, what: str, limit: int) -> None:
+    """Refuse, before reading, what would block or exhaust memory: a FIFO, a device or a folder instead of a regular
+    file, or a file larger than `limit` bytes."""
+    import stat
+
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise SupportFileError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO or a device)"
+        raise SupportFileError(f"{path}: is {kind}, not a {what}")
+    if info.st_size > limit:
+        raise SupportFileError(f"{path}: {info.st_size} bytes is too large for a {what} (at most {limit})")
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -177,6 +203,10 @@ class SupportSet:
         ]
         for shot, image in zip(shot_files, images, strict=True):
             shot.check_inside((image.shape[1], image.shape[0]))
+        if not any(shot.visible.any() for shot in shot_files):
+            raise SupportFileError(
+                "support: no keypoint is visible on any support image (nothing to track: mark the placed ones visible)"
+            )
         object.__setattr__(self, "images", images)
         object.__setattr__(self, "keypoints", np.stack([s.keypoints for s in shot_files]))
         object.__setattr__(self, "visible", np.stack([s.visible for s in shot_files]))

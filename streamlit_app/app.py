@@ -384,7 +384,9 @@ def skeleton_editor(annotation: Annotation) -> None:
 
 def link() -> None:
     try:
-        history().apply(history().current.link(index_of(st.session_state.link_from), index_of(st.session_state.link_to)))
+        history().apply(
+            history().current.link(index_of(st.session_state.link_from), index_of(st.session_state.link_to))
+        )
     except AnnotationError as exc:
         notify("skeleton", str(exc))
 

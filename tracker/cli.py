@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 # torch, timm, PyAV and OpenCV are imported in `_setup`, after the arguments are checked: `--help`, `--version` and
 # argument errors answer at once instead of after seconds of imports.
 ACCEL_CHOICES = ("none", "compile", "tensorrt")  # tracker.accel.ACCELS (checked equal by the tests)
+MAX_BATCH = 256  # frames per model call: more only exhausts memory
 
 PROG = "cape-track"
 
@@ -46,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("video", nargs="?", help="video file or folder of images")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    p.add_argument("--webcam", type=int, metavar="INDEX", help="track a camera live instead of a file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines (errors and notes still shown)")
+    p.add_argument("--webcam", type=_camera_index, metavar="INDEX", help="track a camera live instead of a file")
     p.add_argument("--support", action="append", metavar="IMAGE", help="support image; repeat for K shots")
     p.add_argument("--keypoints", action="append", metavar="FILE", help="keypoint file (default: IMAGE's .json)")
     p.add_argument("--checkpoint", metavar="PATH", help="model checkpoint (default: the embedded model)")
@@ -98,7 +101,7 @@ def run() -> None:
     try:
         code = main()
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        _err(f"{PROG}: interrupted")
         code = 130
     raise SystemExit(code)
 
@@ -114,20 +117,22 @@ def _run(args: argparse.Namespace) -> int:
         except (CapeError, _UsageError) as exc:
             return _fail(str(exc), 2)
         except KeyboardInterrupt:
-            print(f"{PROG}: {signals.verb} before the first frame", file=sys.stderr)
+            _err(f"{PROG}: {signals.verb} before the first frame")
             return signals.exit_code
         except Exception as exc:  # an input that broke something unforeseen: still one line, no traceback
             return _fail(f"unexpected {type(exc).__name__}: {_first_line(exc)}", 1)
         try:
-            code = _track(tracker, source, sinks, out, signals)
+            code = _track(tracker, source, sinks, out, signals, args.quiet)
         finally:
             source.close()
         return _export(args, out, code)
 
 
-def _track(tracker: Tracker, source: Source, sinks: list[Sink], out: Path | None, signals: _Signals) -> int:
+def _track(
+    tracker: Tracker, source: Source, sinks: list[Sink], out: Path | None, signals: _Signals, quiet: bool = False
+) -> int:
     """The run itself: signals are now held until the current frame is written everywhere."""
-    progress = _ProgressLine(sys.stderr, visible=sys.stderr.isatty())
+    progress = _ProgressLine(sys.stderr, terminal=_is_terminal(sys.stderr), quiet=quiet)
     start = time.perf_counter()
     signals.deferred = True
 
@@ -149,8 +154,36 @@ def _track(tracker: Tracker, source: Source, sinks: list[Sink], out: Path | None
     seconds = time.perf_counter() - start
     frames = tracker.times.frames
     where = f"; results in {out}/" if out is not None else ""
-    print(f"{PROG}: {frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.1f} fps){where}")
+    _say(f"{PROG}: {frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.1f} fps){where}")
     return 0
+
+
+def _is_terminal(stream: TextIO | None) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (OSError, ValueError):
+        return False
+
+
+def _err(line: str) -> None:
+    """A line on stderr; a closed or broken stderr loses the line, never the run."""
+    try:
+        if sys.stderr is not None:
+            print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _say(line: str) -> None:
+    """The summary on stdout; a closed pipe (`| head`) or a full device there does not turn a finished run into a
+    failure (the files are written): the line is dropped and stdout is pointed at /dev/null for the exit flush."""
+    try:
+        print(line, flush=True)
+    except (BrokenPipeError, OSError, ValueError):
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until the process exits
+        except OSError:
+            pass
 
 
 def _export(args: argparse.Namespace, out: Path | None, code: int) -> int:
@@ -166,7 +199,7 @@ def _export(args: argparse.Namespace, out: Path | None, code: int) -> int:
     try:
         export_tracks(tracks, args.export, video=Path(args.video) if args.video else None)
     except CapeError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        _err(f"{PROG}: error: {exc}")
         return code or 1
     return code
 
@@ -217,12 +250,12 @@ def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker,
         source: Source = WebcamSource(args.webcam)
         stem = source.name
     else:
-        source = open_source(Path(args.video))
+        source = open_source(args.video)  # a string: "" is refused, a URL keeps its "//"
         stem = _stem(args)
     if headless:
         warnings.warn("no display: recording without a window (Ctrl-C stops)", stacklevel=1)
-    if sys.stderr.isatty():
-        print(f"{PROG}: loading the model ...", file=sys.stderr, flush=True)
+    if _is_terminal(sys.stderr):
+        _err(f"{PROG}: loading the model ...")
     try:
         model = CapeModel.from_checkpoint(args.checkpoint, device=device, trust=args.trust_checkpoint)
         config = TrackerConfig(batch=args.batch, smooth=not args.no_smooth, offline=args.offline)
@@ -266,16 +299,16 @@ def _stopped(
     """End of a run cut short, by a failure (`signals` None: exit 1) or a signal (128 + its number)."""
     progress.finish()
     if message:
-        print(message, file=sys.stderr)
+        _err(message)
     done = tracker.times.frames
     partial = f"; partial results in {out}/" if out is not None else ""
     verb = signals.verb if signals is not None else "stopped"
-    print(f"{PROG}: {verb} after {done} frames{partial}", file=sys.stderr)
+    _err(f"{PROG}: {verb} after {done} frames{partial}")
     return signals.exit_code if signals is not None else 1
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    _err(f"{PROG}: error: {message}")
     return code
 
 
@@ -287,7 +320,18 @@ def _first_line(exc: BaseException) -> str:
 def _print_note(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
     """Warnings (accelerator fallbacks, truncated files) as one-line notes."""
     text = str(message).strip().splitlines()
-    print(f"{PROG}: note: {text[0] if text else category.__name__}", file=sys.stderr)
+    _err(f"{PROG}: note: {text[0] if text else category.__name__}")
+
+
+def _camera_index(text: str) -> int:
+    """A camera index: 0, 1, ... (OpenCV crashes on some negative ones instead of failing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a camera index (0, 1, ...)") from None
+    if not 0 <= value < 1000:
+        raise argparse.ArgumentTypeError(f"{value} is not a webcam index (0, 1, ...)")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -297,36 +341,55 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"{value} is more than {MAX_BATCH} (frames per model call)")
     return value
 
 
 class _ProgressLine:
-    """A `\\r`-rewritten stderr line: frames done (of total), percentage and fps; at most ten updates a second.
-    Silent when stderr is not a terminal."""
+    """Progress on stderr: frames done (of total), percentage, fps and the time left. On a terminal one `\r`-rewritten
+    line, at most ten updates a second; otherwise (a log file, a job scheduler's capture) a plain line every
+    `log_every` seconds. `quiet` silences it. A stderr that breaks mid-run silences it too, never stops the run."""
 
-    def __init__(self, stream: TextIO, visible: bool) -> None:
-        self.stream = stream
-        self.visible = visible
+    def __init__(self, stream: TextIO | None, terminal: bool, quiet: bool = False, log_every: float = 10.0) -> None:
+        self.stream = None if quiet else stream
+        self.terminal = terminal
+        self.log_every = log_every
         self.start = time.perf_counter()
-        self.last = 0.0
+        self.last = self.start
         self.shown = False
 
     def __call__(self, done: int, total: int | None) -> None:
         now = time.perf_counter()
-        if not self.visible or (now - self.last < 0.1 and done != total):
+        every = 0.1 if self.terminal else self.log_every
+        if self.stream is None or (now - self.last < every and done != total):
             return
+        if not self.terminal and done == total:
+            return  # the summary line follows
         self.last = now
         fps = done / max(now - self.start, 1e-9)
         count = f"{done}/{total} frames {100 * done / total:3.0f}%" if total else f"{done} frames"
-        self.stream.write(f"\r{PROG}: {count}  {fps:5.1f} fps ")
-        self.stream.flush()
-        self.shown = True
+        eta = f"  ETA {_duration((total - done) / fps)}" if total and fps > 0 else ""
+        line = f"{PROG}: {count}  {fps:5.1f} fps{eta}"
+        self._write(f"\r{line} " if self.terminal else f"{line}\n")
+        self.shown = self.terminal
 
     def finish(self) -> None:
         if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
+            self._write("\n")
             self.shown = False
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError, AttributeError):
+            self.stream = None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
 
 
 class _Signals:

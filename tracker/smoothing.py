@@ -32,7 +32,7 @@ class SmootherConfig:
     # more likely wrong, e.g. on another part of a similar-looking object, than the flow; a network that keeps
     # disagreeing means the track itself started or slid onto the wrong thing, and flow would follow it forever).
     reacquire_after: int = 3
-    reacquire_after_flow: int = 15
+    reacquire_after_flow: int = 5
     flow: bool = True  # use pyramidal Lucas-Kanade optical flow as the motion prediction where it is reliable
     flow_std: float = 0.003  # process noise where the flow is trusted, fraction of scale per frame
     flow_max_error: float = 1.0  # forward-backward disagreement (frame px) above which the flow is not trusted

@@ -3,8 +3,10 @@ only its newest frame. All yield `Frame`s in RGB with stream timestamps; `open_s
 
 from __future__ import annotations
 
+import os
 import queue
 import re
+import stat
 import threading
 import time
 import warnings
@@ -187,15 +189,18 @@ class VideoFileSource(_QueuedSource):
     """A video file decoded by PyAV in its own thread; rotation metadata applied, timestamps from the stream."""
 
     def __init__(self, path: str | Path, queue_size: int = 8) -> None:
-        self.path = Path(path)
+        url = is_url(path)
+        self.path = Path(path) if not url else path  # a URL stays a string: Path would fold its '//'
         self.name = str(path)
         self._queue_size = queue_size
-        if not self.path.is_file():
-            raise SourceError(f"{path}: no such file (check the path)")
-        if self.path.stat().st_size == 0:
-            raise SourceError(f"{path}: empty file (not a video)")
+        if not url:
+            check_regular_file(self.path, "video file")
+            if self.path.stat().st_size == 0:
+                raise SourceError(f"{path}: empty file (not a video)")
         try:
-            self._container = av.open(str(self.path))
+            # A network stream that stalls must not hang the run: FFmpeg's read timeout, in microseconds.
+            options = {"rw_timeout": "15000000"} if url else None
+            self._container = av.open(str(self.path), options=options)
         except (av.FFmpegError, UnicodeDecodeError) as exc:
             raise SourceError(
                 f"{path}: not a readable video file ({_describe(exc)}; truncated or not a video?)"
@@ -226,7 +231,7 @@ class VideoFileSource(_QueuedSource):
                 t = last + 1.0 / self.fps
             else:
                 start = decoded.time if start is None else start
-                t = decoded.time - start
+                t = max(decoded.time - start, last)  # never backwards (stream copies with reordered stamps)
             last = t
             yield Frame(index, t, image)
 
@@ -245,7 +250,8 @@ class ImageFolderSource(_QueuedSource):
         if not self.path.is_dir():
             raise SourceError(f"{path}: no such folder (check the path)")
         self._files = sorted(
-            (p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: _natural_key(p.name)
+            (p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+            key=lambda p: _natural_key(p.name),
         )
         if not self._files:
             raise SourceError(f"{path}: no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
@@ -378,12 +384,37 @@ def open_source(spec: str | int | Path, queue_size: int = 8) -> Source:
     """
     if isinstance(spec, int):
         return WebcamSource(spec)
+    if not str(spec).strip():
+        raise SourceError("video: empty path (give a video file, a folder of images or a URL)")
+    if is_url(spec):
+        return VideoFileSource(str(spec), queue_size=queue_size)
     path = Path(spec)
     if isinstance(spec, str) and spec.isdigit() and not path.exists():
         return WebcamSource(int(spec))
     if path.is_dir():
         return ImageFolderSource(path, queue_size=queue_size)
     return VideoFileSource(path, queue_size=queue_size)
+
+
+def is_url(spec: str | Path) -> bool:
+    """A network stream or remote file PyAV opens itself (rtsp://, http://, ...), not a path on disk."""
+    return isinstance(spec, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec) is not None
+
+
+def check_regular_file(path: Path, what: str) -> None:
+    """Refuse, before any open, what would block or mislead a reader: a FIFO, a device, a socket, a folder, a
+    symlink loop or a name the system refuses (one-line `SourceError`)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SourceError(f"{path}: no such file (check the path)") from None
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    kinds = {stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+    kinds |= {stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a folder"}
+    for test, kind in kinds.items():
+        if test(mode):
+            raise SourceError(f"{path}: is {kind}, not a {what}")
 
 
 def _natural_key(name: str) -> list[object]:
