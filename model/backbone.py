@@ -66,12 +66,14 @@ class Backbone(nn.Module):
         """True when a finer level (stride 8) sits below the feature level: the keypoint finder needs one."""
         return self.cfg.family == "timm" and self.cfg.upsample == "none" and self.feature_indices[-1] > 0
 
-    def pyramid(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """`[stride-8 level, feature level]` in one pass; the last equals `forward(images)`."""
-        if not self.has_pyramid:
-            raise ValueError(f"backbone {self.cfg.name} has no finer level to read (only timm models at stride 16)")
-        level = self.feature_indices[-1]
-        return self.body.forward_intermediates(images, indices=(level - 1, level), intermediates_only=True)
+    def pyramid(self, images: torch.Tensor, depth: int = 2) -> list[torch.Tensor]:
+        """The `depth` levels ending at the feature level, finest first (`[stride 8, stride 16]` for 2, with stride 4
+        in front for 3), in one pass; the last equals `forward(images)`."""
+        level = self.feature_indices[-1] if self.cfg.family == "timm" else 0
+        if not self.has_pyramid or level + 1 < depth:
+            raise ValueError(f"backbone {self.cfg.name} has no {depth} levels to read (timm models at stride 16 do)")
+        indices = tuple(range(level - depth + 1, level + 1))
+        return self.body.forward_intermediates(images, indices=indices, intermediates_only=True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.cfg.family == "swinv2":

@@ -108,10 +108,13 @@ class CapeModel(nn.Module):
         return self.backbone.has_pyramid
 
     @torch.no_grad()
-    def encode_match_support(self, support: SupportSet, rotations: Sequence[float] = ()) -> MatchSupport:
-        """The finder's support: hypercolumns under the keypoints of each shot (also rotated), the layout to fit."""
+    def encode_match_support(
+        self, support: SupportSet, rotations: Sequence[float] = (), depth: int = 2
+    ) -> MatchSupport:
+        """The finder's support: hypercolumns of `depth` backbone levels under the keypoints of each shot (also
+        rotated), and the layout to fit."""
         images, keypoints, visible = self.support_inputs(support)
-        return match_support(self.backbone.pyramid, images, keypoints, visible, rotations)
+        return match_support(lambda x: self.backbone.pyramid(x, depth), images, keypoints, visible, rotations)
 
     def support_inputs(self, support: SupportSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Shots letterboxed to the input: images `[K, 3, S, S]`, keypoints `[K, N, 2]` input px, visible `[K, N]`."""

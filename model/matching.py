@@ -43,6 +43,7 @@ class FinderConfig:
     # The support is also described rotated by these angles (degrees) and each cell matches its best rotation: the
     # backbone's features are not rotation-invariant, and a head rolls, a hand turns.
     rotations: tuple[float, ...] = (-30.0, 30.0)
+    depth: int = 2  # backbone levels in the hypercolumn, ending at the feature level: 2 = strides 8 + 16, 3 adds 4
 
 
 @dataclass(frozen=True)

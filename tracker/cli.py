@@ -19,6 +19,7 @@ from cape_track.model.errors import CapeError
 from cape_track.tracker.errors import SinkError
 
 if TYPE_CHECKING:
+    from cape_track.model import SupportSet
     from cape_track.tracker.pipeline import Tracker
     from cape_track.tracker.sinks import Sink
     from cape_track.tracker.sources import Source
@@ -52,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--webcam", type=_camera_index, metavar="INDEX", help="track a camera live instead of a file")
     p.add_argument("--support", action="append", metavar="IMAGE", help="support image; repeat for K shots")
     p.add_argument("--keypoints", action="append", metavar="FILE", help="keypoint file (default: IMAGE's .json)")
+    p.add_argument(
+        "--support-frame",
+        type=_frame_index,
+        metavar="N",
+        help="the support image is frame N of VIDEO (keypoints from --keypoints, in that frame's pixels)",
+    )
+    p.add_argument(
+        "--support-labels",
+        metavar="FILE",
+        help="existing labels as the support: COCO keypoints .json, DeepLabCut CollectedData .h5/.csv, SLEAP .slp",
+    )
+    p.add_argument("--labels-frame", type=_frame_index, metavar="N", help="with --support-labels: its N-th frame")
+    p.add_argument("--labels-image", metavar="NAME", help="with --support-labels: the frame of this image file")
     p.add_argument("--checkpoint", metavar="PATH", help="model checkpoint (default: the embedded model)")
     p.add_argument(
         "--trust-checkpoint",
@@ -186,6 +200,31 @@ def _say(line: str) -> None:
             pass
 
 
+def _support(args: argparse.Namespace) -> SupportSet:
+    """The support shots from support images, a frame of the input video, or an existing labels file."""
+    from cape_track.model import KeypointFile, SupportSet
+    from cape_track.model.labels import support_from_labels
+    from cape_track.tracker.sources import read_frame
+
+    if args.support_labels:
+        return support_from_labels(args.support_labels, args.labels_frame, args.labels_image)
+    if args.support_frame is not None:
+        image = read_frame(args.video, args.support_frame)
+        points = KeypointFile.load(args.keypoints[0], (image.shape[1], image.shape[0]))
+        return SupportSet.from_arrays(image, points.keypoints, points.visible, points.names, points.skeleton)
+    return SupportSet.from_files(args.support, args.keypoints)
+
+
+def _frame_index(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a frame number (0, 1, ...)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a frame number (0, 1, ...)")
+    return value
+
+
 def _export(args: argparse.Namespace, out: Path | None, code: int) -> int:
     """`--export`: the field's formats from the tracks file, for the frames done (also after a stop)."""
     if not args.export or out is None:
@@ -215,8 +254,23 @@ def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker,
     """Validate every input before model work, cheapest first; raises `CapeError`/`_UsageError` on bad input."""
     if (args.video is None) == (args.webcam is None):
         raise _UsageError("give a VIDEO (file or image folder) or --webcam INDEX, not both and not neither")
-    if not args.support:
-        raise _UsageError("--support IMAGE is required (the image(s) whose keypoints to track)")
+    given = [
+        name
+        for name, value in (
+            ("--support", args.support),
+            ("--support-frame", args.support_frame is not None),
+            ("--support-labels", args.support_labels),
+        )
+        if value
+    ]
+    if not given:
+        raise _UsageError("--support IMAGE is required (or --support-frame N, or --support-labels FILE)")
+    if len(given) > 1:
+        raise _UsageError(f"give one of {' / '.join(given)}, not several")
+    if args.support_frame is not None and (args.video is None or not args.keypoints):
+        raise _UsageError("--support-frame N needs a VIDEO file and --keypoints FILE (the points on frame N)")
+    if (args.labels_frame is not None or args.labels_image) and not args.support_labels:
+        raise _UsageError("--labels-frame / --labels-image go with --support-labels FILE")
     if args.webcam is not None and args.offline:
         raise _UsageError("--offline needs a file (a webcam cannot be read twice)")
     if args.offline and args.no_smooth:
@@ -228,7 +282,7 @@ def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker,
 
         if not sleap_available():
             raise _UsageError("--export sleap needs sleap-io (pip install 'cape-track[sleap]')")
-    from cape_track.model import CapeModel, SupportSet
+    from cape_track.model import CapeModel
     from cape_track.tracker.accel import Accelerator, configure_cpu_threads, select_device
     from cape_track.tracker.pipeline import Tracker, TrackerConfig
     from cape_track.tracker.sinks import WindowSink, file_sinks
@@ -245,7 +299,7 @@ def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker,
         live_window = False
     if out is not None:
         _check_writable(out)
-    support = SupportSet.from_files(args.support, args.keypoints)
+    support = _support(args)
     if args.webcam is not None:
         source: Source = WebcamSource(args.webcam)
         stem = source.name

@@ -146,7 +146,9 @@ class Tracker:
             raise ValueError("the keypoint finder needs the SupportSet (images and keypoints), not an embedding")
         self.finder = (
             KeypointFinder(
-                self.model.encode_match_support(support, self.config.finder_config.rotations),
+                self.model.encode_match_support(
+                    support, self.config.finder_config.rotations, self.config.finder_config.depth
+                ),
                 self.model.input_size,
                 self.config.finder_config,
             )
@@ -248,7 +250,8 @@ class Tracker:
         mid = time.perf_counter()
         with self.accel.autocast(), torch.no_grad():
             if self.finder is not None:
-                result = self.accel.download(self.finder.similarity(self.model.backbone.pyramid(images)))
+                levels = self.model.backbone.pyramid(images, self.finder.config.depth)
+                result = self.accel.download(self.finder.similarity(levels))
             else:
                 prediction = self.model.predict(images, self.embedding)
                 result = self.accel.download(prediction.keypoints, prediction.scores)

@@ -396,6 +396,17 @@ def open_source(spec: str | int | Path, queue_size: int = 8) -> Source:
     return VideoFileSource(path, queue_size=queue_size)
 
 
+def read_frame(spec: str | Path, index: int) -> np.ndarray:
+    """Frame `index` of a video file or image folder, `[H, W, 3]` uint8 RGB (the support taken from the input)."""
+    last = -1
+    with open_source(spec) as source:
+        for frame in source:
+            if frame.index == index:
+                return frame.image
+            last = frame.index
+    raise SourceError(f"{spec}: has no frame {index} (its last frame is {last}; frames count from 0)")
+
+
 def is_url(spec: str | Path) -> bool:
     """A network stream or remote file PyAV opens itself (rtsp://, http://, ...), not a path on disk."""
     return isinstance(spec, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec) is not None

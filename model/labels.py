@@ -1,0 +1,197 @@
+"""Labels the user already has, as a support shot: a COCO keypoints annotation file (CVAT, Label Studio, ...), a
+DeepLabCut `CollectedData_*.h5` / `.csv`, or a SLEAP `.slp`. One labelled frame becomes one shot, with the names and
+skeleton of the file, so nothing has to be clicked again.
+
+Which frame: `index` (the n-th labelled frame in the file, 0 by default) or `image` (its image file name).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SupportFileError
+from .support import SupportSet, _check_readable, load_image
+
+MAX_LABELS_BYTES = 512 << 20  # labels files carry many frames, and SLEAP's may embed images
+
+
+def support_from_labels(path: str | Path, index: int | None = None, image: str | None = None) -> SupportSet:
+    """The labelled frame of `path` chosen by `index` or `image` name, as a 1-shot `SupportSet`."""
+    path = Path(path)
+    try:
+        _check_readable(path, "labels file", MAX_LABELS_BYTES)
+    except FileNotFoundError:
+        raise SupportFileError(f"{path}: no such labels file (check the path)") from None
+    suffix = path.suffix.lower()
+    if suffix == ".slp":
+        return _from_sleap(path, index, image)
+    if suffix in (".h5", ".hdf5") or (suffix == ".csv" and _looks_like_dlc(path)):
+        return _from_deeplabcut(path, index, image)
+    if suffix == ".json":
+        return _from_coco(path, index, image)
+    raise SupportFileError(f"{path}: not a labels file this reads (COCO .json, DeepLabCut .h5/.csv, SLEAP .slp)")
+
+
+def _pick(names: list[str], index: int | None, image: str | None, where: Path) -> int:
+    """Position of the chosen frame among `names` (image file names, in file order)."""
+    if image is not None:
+        base = [Path(n).name for n in names]
+        if image in names:
+            return names.index(image)
+        if Path(image).name in base:
+            return base.index(Path(image).name)
+        raise SupportFileError(f"{where}: no labelled image named {image!r} (it has e.g. {', '.join(base[:3])})")
+    k = 0 if index is None else index
+    if not 0 <= k < len(names):
+        raise SupportFileError(
+            f"{where}: labelled frame {k} asked for, the file has {len(names)} (0 to {len(names) - 1})"
+        )
+    return k
+
+
+def _find_image(where: Path, name: str) -> Path:
+    """An image named in a labels file, looked up where annotation tools put it relative to that file."""
+    candidates = [where.parent / name, where.parent / "images" / name, where.parent / Path(name).name]
+    candidates += [where.parent.parent / name, where.parent.parent / "images" / Path(name).name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise SupportFileError(f"{where}: cannot find its image {name!r} (put it beside the labels file or in images/)")
+
+
+# ----------------------------------------------------------------------------------------------------- COCO
+def _from_coco(path: Path, index: int | None, image: str | None) -> SupportSet:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        images, annotations, categories = data["images"], data["annotations"], data["categories"]
+    except (OSError, ValueError, RecursionError) as exc:
+        raise SupportFileError(f"{path}: not a readable COCO file ({type(exc).__name__})") from None
+    except (KeyError, TypeError):
+        raise SupportFileError(f"{path}: not a COCO keypoints file (needs images, annotations, categories)") from None
+    try:
+        with_points = {a["image_id"] for a in annotations if a.get("num_keypoints", 1) and a.get("keypoints")}
+        labelled = [im for im in images if im["id"] in with_points]
+        if not labelled:
+            raise SupportFileError(f"{path}: no image has keypoint annotations")
+        chosen = labelled[_pick([im["file_name"] for im in labelled], index, image, path)]
+        ann = next(a for a in annotations if a["image_id"] == chosen["id"] and a.get("keypoints"))
+        category = next(c for c in categories if c["id"] == ann["category_id"])
+        names = list(category["keypoints"])
+        triples = np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3)
+        skeleton = [(int(a) - 1, int(b) - 1) for a, b in category.get("skeleton", [])]  # COCO is 1-indexed
+    except (KeyError, TypeError, ValueError, StopIteration) as exc:
+        raise SupportFileError(f"{path}: malformed COCO keypoints ({type(exc).__name__}: {exc})") from None
+    if len(triples) != len(names):
+        raise SupportFileError(f"{path}: {len(triples)} keypoints annotated, the category names {len(names)}")
+    picture = load_image(_find_image(path, chosen["file_name"]))
+    return SupportSet.from_arrays(picture, triples[:, :2], triples[:, 2] > 0, names, skeleton)
+
+
+# ----------------------------------------------------------------------------------------------------- DeepLabCut
+def _looks_like_dlc(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().lower().startswith("scorer")
+    except OSError:
+        return False
+
+
+def _from_deeplabcut(path: Path, index: int | None, image: str | None) -> SupportSet:
+    """DeepLabCut's CollectedData: columns (scorer, bodyparts, coords x/y), one row per labelled image, the row
+    index the image path (one string, or DeepLabCut >= 2.2's three levels). The skeleton comes from the project's
+    config.yaml when it is found above the file."""
+    import pandas as pd
+
+    try:
+        if path.suffix.lower() == ".csv":
+            frame = pd.read_csv(path, header=[0, 1, 2])
+            # The leading columns name the image: one ("labeled-data/video/img.png") or, since DeepLabCut 2.2, three.
+            lead = [c for c in frame.columns if c[2] not in ("x", "y", "likelihood")]
+            frame = frame.set_index(lead) if lead else frame
+            frame.columns = frame.columns.set_names(["scorer", "bodyparts", "coords"])
+        else:
+            frame = pd.read_hdf(path)
+    except (OSError, ValueError, KeyError, ImportError, TypeError) as exc:
+        raise SupportFileError(f"{path}: not a readable DeepLabCut labels file ({type(exc).__name__})") from None
+    if frame.columns.nlevels < 3 or "bodyparts" not in (frame.columns.names or []):
+        raise SupportFileError(f"{path}: not DeepLabCut's layout (columns scorer / bodyparts / coords)")
+    names = list(dict.fromkeys(frame.columns.get_level_values("bodyparts")))
+    rows = ["/".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in frame.index]
+    k = _pick(rows, index, image, path)
+    row = frame.iloc[k]
+    coords = row.droplevel("scorer") if "scorer" in (row.index.names or []) else row
+    try:
+        xy = np.array([[coords[(n, "x")], coords[(n, "y")]] for n in names], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SupportFileError(f"{path}: malformed DeepLabCut row {rows[k]!r} ({type(exc).__name__})") from None
+    visible = np.isfinite(xy).all(axis=1)
+    xy = np.where(visible[:, None], xy, 0.0)
+    picture = load_image(_find_image(path, rows[k]))
+    return SupportSet.from_arrays(picture, xy, visible, names, _dlc_skeleton(path, names))
+
+
+def _dlc_skeleton(path: Path, names: list[str]) -> list[tuple[int, int]]:
+    """`skeleton:` of the DeepLabCut project's config.yaml (two or three folders up), as index pairs."""
+    for folder in (path.parent, path.parent.parent, path.parent.parent.parent):
+        config = folder / "config.yaml"
+        if config.is_file():
+            import yaml
+
+            try:
+                pairs = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("skeleton") or []
+                return [(names.index(a), names.index(b)) for a, b in pairs if a in names and b in names]
+            except (yaml.YAMLError, OSError, ValueError, TypeError):
+                return []
+    return []
+
+
+# ----------------------------------------------------------------------------------------------------- SLEAP
+def _from_sleap(path: Path, index: int | None, image: str | None) -> SupportSet:
+    try:
+        import sleap_io as sio
+    except ImportError:
+        raise SupportFileError(
+            f"{path}: reading SLEAP files needs sleap-io (pip install 'cape-track[sleap]')"
+        ) from None
+    try:
+        labels = sio.load_slp(str(path))
+    except Exception as exc:  # noqa: BLE001 - sleap-io raises many kinds for a damaged file: all mean "unreadable"
+        raise SupportFileError(f"{path}: not a readable SLEAP file ({type(exc).__name__})") from None
+    frames = [lf for lf in labels.labeled_frames if lf.user_instances or lf.instances]
+    if not frames:
+        raise SupportFileError(f"{path}: no labelled frame")
+    tags = [_frame_tag(lf.video, lf.frame_idx) for lf in frames]
+    chosen = frames[_pick(tags, index, image, path)]
+    instance = (chosen.user_instances or chosen.instances)[0]
+    skeleton = instance.skeleton
+    names = list(skeleton.node_names)
+    xy = np.asarray(instance.numpy(), dtype=np.float64)
+    visible = np.isfinite(xy).all(axis=1)
+    picture = chosen.image
+    if picture is None:
+        raise SupportFileError(
+            f"{path}: the frame's image cannot be read (is its video at {_video_name(chosen.video)}?)"
+        )
+    picture = np.asarray(picture)
+    if picture.ndim == 2 or picture.shape[-1] == 1:
+        picture = np.repeat(picture.reshape(picture.shape[0], picture.shape[1], 1), 3, axis=2)
+    edges = [tuple(e) for e in skeleton.edge_inds]
+    return SupportSet.from_arrays(
+        np.ascontiguousarray(picture, dtype=np.uint8), np.where(visible[:, None], xy, 0.0), visible, names, edges
+    )
+
+
+def _frame_tag(video: object, frame_idx: int) -> str:
+    """How `--labels-image` names a SLEAP frame: its image file for an image sequence, else `video.mp4:N`."""
+    filename = getattr(video, "filename", "")
+    if isinstance(filename, list) and 0 <= frame_idx < len(filename):
+        return Path(filename[frame_idx]).name
+    return f"{Path(str(filename)).name}:{frame_idx}"
+
+
+def _video_name(video: object) -> str:
+    filename = getattr(video, "filename", "")
+    return filename[0] if isinstance(filename, list) and filename else str(filename)
