@@ -26,7 +26,7 @@ test: setup lint browser
 	$(BIN)/python -m pytest -q
 
 run: setup
-	$(BIN)/cape-track $(SAMPLE) --support $(SUPPORT) --out cape_out
+	$(BIN)/cape-track $(SAMPLE) --support $(SUPPORT) --out cape_out --overwrite
 
 app: setup
 	$(BIN)/streamlit run streamlit_app/app.py

@@ -258,3 +258,44 @@ def test_the_accel_choices_are_the_accelerators() -> None:
     from cape_track.tracker.cli import ACCEL_CHOICES
 
     assert ACCEL_CHOICES == ACCELS
+
+
+def test_many_inputs_never_share_results_and_a_bad_one_does_not_stop_the_others(checkpoint, tmp_path, capsys) -> None:
+    clip = write_clip(tmp_path, frames=3)
+    ref = write_support(clip, tmp_path / "support")
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "clip.mkv").write_bytes(clip.path.read_bytes())  # same stem as clip.mp4, another container
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "out"
+    code, err, stdout = _run([clip.path, folder, "--support", ref, "--checkpoint", checkpoint, "--out", out], capsys)
+    assert code == 2  # the worst of the inputs: broken.mp4 is bad input
+    assert "2 of 3 inputs done, 1 failed" in stdout
+    assert any("broken.mp4" in line and "not a readable video" in line for line in err), err
+    for stem in ("broken", "clip.mp4", "clip.mkv"):
+        done = output_paths(out, stem)["json"].is_file()
+        assert done == (stem != "broken"), stem
+
+
+def test_existing_results_are_refused_skipped_or_replaced(checkpoint, tmp_path, capsys) -> None:
+    clip = write_clip(tmp_path, frames=3)
+    ref = write_support(clip, tmp_path / "support")
+    base = [clip.path, "--support", ref, "--checkpoint", checkpoint, "--out", tmp_path / "out"]
+    assert _run(base, capsys)[0] == 0
+    code, err, _ = _run(base, capsys)
+    assert code == 2 and len(err) == 1 and "already exists (pass --overwrite" in err[0]
+    code, err, _ = _run([*base, "--skip-existing"], capsys)
+    assert code == 0 and err == [
+        f"cape-track: note: {tmp_path / 'out' / 'clip.tracked.mp4'} exists: skipped (--skip-existing)"
+    ]
+    assert _run([*base, "--overwrite"], capsys)[0] == 0
+    code, err, _ = _run([*base, "--overwrite", "--skip-existing"], capsys)
+    assert code == 2 and "not allowed with" in err[0]
+
+
+def test_out_beside_writes_next_to_each_input(checkpoint, tmp_path, capsys) -> None:
+    (tmp_path / "here").mkdir()
+    clip = write_clip(tmp_path / "here", frames=3)
+    ref = write_support(clip, tmp_path / "support")
+    assert _run([clip.path, "--support", ref, "--checkpoint", checkpoint, "--out-beside"], capsys)[0] == 0
+    assert output_paths(tmp_path / "here", "clip")["csv"].is_file()

@@ -82,13 +82,14 @@ def test_csv_columns_and_rows(tmp_path: Path) -> None:
         assert len(sink.path.read_text().splitlines()) == len(results) + 1  # flushed per row
     sink.close()
     rows = list(csv.reader(sink.path.open()))
-    expected = ["frame", "time"] + [f"{n}_{f}" for n in NAMES for f in ("x", "y", "score")]
+    expected = ["frame", "time"] + [f"{n}_{f}" for n in NAMES for f in ("x", "y", "score", "visible")]
     assert rows[0] == expected
     for row, result in zip(rows[1:], results, strict=True):
         assert int(row[0]) == result.index and float(row[1]) == pytest.approx(result.time)
-        values = np.array(row[2:], float).reshape(3, 3)
+        values = np.array(row[2:], float).reshape(3, 4)
         np.testing.assert_allclose(values[:, :2], result.xy_frame, atol=1e-3)
         np.testing.assert_allclose(values[:, 2], result.scores, atol=1e-3)
+        np.testing.assert_array_equal(values[:, 3] == 1, result.visible)
 
 
 @pytest.mark.parametrize("size", [(64, 48), (65, 47)])

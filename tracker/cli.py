@@ -12,6 +12,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from cape_track.tracker.sinks import Sink
     from cape_track.tracker.sources import Source
 
-# torch, timm, PyAV and OpenCV are imported in `_setup`, after the arguments are checked: `--help`, `--version` and
+# torch, timm, PyAV and OpenCV are imported in `_prepare`, after the arguments are checked: `--help`, `--version` and
 # argument errors answer at once instead of after seconds of imports.
 ACCEL_CHOICES = ("none", "compile", "tensorrt")  # tracker.accel.ACCELS (checked equal by the tests)
 MAX_BATCH = 256  # frames per model call: more only exhausts memory
@@ -47,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Track the keypoints clicked on support image(s) through a video, an image folder or a webcam.",
         epilog="example: cape-track clip.mp4 --support ref.jpg   (reads ref.json beside ref.jpg)",
     )
-    p.add_argument("video", nargs="?", help="video file or folder of images")
+    p.add_argument(
+        "video", nargs="*", help="video files, URLs, folders of images, or folders of videos (each tracked in turn)"
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines (errors and notes still shown)")
     p.add_argument("--webcam", type=_camera_index, metavar="INDEX", help="track a camera live instead of a file")
@@ -73,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="unpickle any Python object in --checkpoint: this RUNS CODE from the file; only for files you trust",
     )
     p.add_argument("--out", default="cape_out", metavar="DIR", help="output folder for files (default: cape_out)")
+    p.add_argument("--out-beside", action="store_true", help="write each input's results in the input's own folder")
+    policy = p.add_mutually_exclusive_group()
+    policy.add_argument("--overwrite", action="store_true", help="replace results that already exist")
+    policy.add_argument("--skip-existing", action="store_true", help="leave inputs whose results exist alone")
+    p.add_argument("--fps", type=_positive_float, metavar="F", help="frame rate of image folders (default: 25)")
     p.add_argument("--record", metavar="DIR", help="with --webcam: also write the video and tracks to DIR")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     p.add_argument("--batch", type=_positive_int, default=4, metavar="N", help="frames per model call (default: 4)")
@@ -120,14 +128,23 @@ def run() -> None:
     raise SystemExit(code)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One input of the command line and where its results go."""
+
+    spec: str | int  # a path or URL, or the webcam index
+    stem: str  # the output name: OUT/<stem>.tracked.mp4, ...
+    out: Path | None  # None: a webcam without --record (nothing written)
+
+
 def _run(args: argparse.Namespace) -> int:
-    if args.webcam is None:
-        out: Path | None = Path(args.out)
-    else:
-        out = Path(args.record) if args.record else None
+    """Check everything, load the model once, then track each input in turn. One input: its own exit code. Several:
+    a failed input is reported in one line and the others still run; the exit code is the worst one (a signal
+    stops the batch)."""
     with _Signals() as signals:
         try:
-            source, tracker, sinks = _setup(args, out)
+            jobs = _jobs(args)
+            prepared = _prepare(args, jobs)
         except (CapeError, _UsageError) as exc:
             return _fail(str(exc), 2)
         except KeyboardInterrupt:
@@ -135,11 +152,38 @@ def _run(args: argparse.Namespace) -> int:
             return signals.exit_code
         except Exception as exc:  # an input that broke something unforeseen: still one line, no traceback
             return _fail(f"unexpected {type(exc).__name__}: {_first_line(exc)}", 1)
-        try:
-            code = _track(tracker, source, sinks, out, signals, args.quiet)
-        finally:
-            source.close()
-        return _export(args, out, code)
+        codes = []
+        for job in jobs:
+            code = _run_job(args, job, prepared, signals, named=len(jobs) > 1)
+            codes.append(code)
+            if code >= 128:
+                break
+        if len(jobs) > 1:
+            failed = sum(code != 0 for code in codes)
+            _say(f"{PROG}: {len(codes) - failed} of {len(jobs)} inputs done" + (f", {failed} failed" if failed else ""))
+        return max(codes, key=lambda c: (c >= 128, c)) if codes else 0
+
+
+def _run_job(args: argparse.Namespace, job: _Job, prepared: _Prepared, signals: _Signals, named: bool) -> int:
+    prefix = f"{job.spec}: " if named else ""
+    try:
+        source, tracker, sinks = _open_job(args, job, prepared)
+    except _Skipped as exc:
+        _err(f"{PROG}: note: {exc}")
+        return 0
+    except (CapeError, _UsageError) as exc:
+        message = str(exc)
+        return _fail(message if not named or message.startswith(str(job.spec)) else prefix + message, 2)
+    except KeyboardInterrupt:
+        _err(f"{PROG}: {signals.verb} before the first frame")
+        return signals.exit_code
+    except Exception as exc:
+        return _fail(f"{prefix}unexpected {type(exc).__name__}: {_first_line(exc)}", 1)
+    try:
+        code = _track(tracker, source, sinks, job.out, signals, args.quiet)
+    finally:
+        source.close()
+    return _export(args, job, code)
 
 
 def _track(
@@ -200,7 +244,7 @@ def _say(line: str) -> None:
             pass
 
 
-def _support(args: argparse.Namespace) -> SupportSet:
+def _support(args: argparse.Namespace, first_input: str | int) -> SupportSet:
     """The support shots from support images, a frame of the input video, or an existing labels file."""
     from cape_track.model import KeypointFile, SupportSet
     from cape_track.model.labels import support_from_labels
@@ -209,7 +253,7 @@ def _support(args: argparse.Namespace) -> SupportSet:
     if args.support_labels:
         return support_from_labels(args.support_labels, args.labels_frame, args.labels_image)
     if args.support_frame is not None:
-        image = read_frame(args.video, args.support_frame)
+        image = read_frame(first_input, args.support_frame)
         points = KeypointFile.load(args.keypoints[0], (image.shape[1], image.shape[0]))
         return SupportSet.from_arrays(image, points.keypoints, points.visible, points.names, points.skeleton)
     return SupportSet.from_files(args.support, args.keypoints)
@@ -225,35 +269,94 @@ def _frame_index(text: str) -> int:
     return value
 
 
-def _export(args: argparse.Namespace, out: Path | None, code: int) -> int:
+def _export(args: argparse.Namespace, job: _Job, code: int) -> int:
     """`--export`: the field's formats from the tracks file, for the frames done (also after a stop)."""
-    if not args.export or out is None:
+    if not args.export or job.out is None:
         return code
     from cape_track.tracker.exports import export_tracks
     from cape_track.tracker.sinks import output_paths
 
-    tracks = output_paths(out, _stem(args))["json"]
+    tracks = output_paths(job.out, job.stem)["json"]
     if not tracks.is_file():
         return code
     try:
-        export_tracks(tracks, args.export, video=Path(args.video) if args.video else None)
+        video = Path(job.spec) if isinstance(job.spec, str) and not _is_url(job.spec) else None
+        export_tracks(tracks, args.export, video=video)
     except CapeError as exc:
         _err(f"{PROG}: error: {exc}")
         return code or 1
     return code
 
 
-def _stem(args: argparse.Namespace) -> str:
-    """The output name of an input: the file name without its extension (a folder's own name)."""
-    if args.video is None:
-        return f"webcam{args.webcam}"
-    return Path(args.video).stem or Path(args.video).resolve().name
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv")
 
 
-def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker, list[Sink]]:
-    """Validate every input before model work, cheapest first; raises `CapeError`/`_UsageError` on bad input."""
-    if (args.video is None) == (args.webcam is None):
-        raise _UsageError("give a VIDEO (file or image folder) or --webcam INDEX, not both and not neither")
+def _is_url(spec: str) -> bool:
+    return "://" in spec
+
+
+def _expand(spec: str) -> list[str]:
+    """A folder of videos is its videos (in name order); a folder of images stays one image-sequence input."""
+    from cape_track.tracker.sources import IMAGE_SUFFIXES
+
+    folder = Path(spec)
+    if _is_url(spec) or not folder.is_dir():
+        return [spec]
+    entries = sorted(p for p in folder.iterdir() if p.is_file())
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
+        return [spec]
+    videos = [str(p) for p in entries if p.suffix.lower() in VIDEO_SUFFIXES]
+    return videos or [spec]
+
+
+def _jobs(args: argparse.Namespace) -> list[_Job]:
+    """The inputs and their output names: the file name without its extension, or with it where two inputs of this
+    run share a name (`clip.mov`, `clip.mkv` -> `clip.mov`, `clip.mkv`); never the same files twice."""
+    if args.webcam is not None:
+        if args.video:
+            raise _UsageError("give VIDEO inputs or --webcam INDEX, not both")
+        out = Path(args.record) if args.record else None
+        return [_Job(args.webcam, f"webcam{args.webcam}", out)]
+    if not args.video:
+        raise _UsageError("give a VIDEO (file, URL or folder) or --webcam INDEX")
+    specs = [one for spec in args.video for one in _expand(spec)]
+    stems = [_stem_of(spec) for spec in specs]
+    jobs = []
+    for spec, stem in zip(specs, stems, strict=True):
+        if stems.count(stem) > 1:
+            stem = Path(spec).name if not _is_url(spec) else stem
+        out = Path(spec).resolve().parent if args.out_beside and not _is_url(spec) else Path(args.out)
+        jobs.append(_Job(spec, stem, out))
+    seen: dict[tuple[Path | None, str], str] = {}
+    for job in jobs:
+        key = (job.out, job.stem)
+        if key in seen:
+            raise _UsageError(f"{job.spec} and {seen[key]} would write the same results (rename one)")
+        seen[key] = str(job.spec)
+    return jobs
+
+
+def _stem_of(spec: str) -> str:
+    """The output name of an input: the file name without its extension (a folder's own name; a URL's last part)."""
+    if _is_url(spec):
+        tail = spec.rstrip("/").rsplit("/", 1)[-1]
+        return Path(tail).stem or "stream"
+    return Path(spec).stem or Path(spec).resolve().name
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What every input of the run shares: the device, the loaded model, the support, the window choice."""
+
+    device: object  # torch.device
+    model: object  # CapeModel
+    support: SupportSet
+    live_window: bool
+    headless: bool  # a webcam recorded without a window (no display): said once the camera is open
+
+
+def _prepare(args: argparse.Namespace, jobs: list[_Job]) -> _Prepared:
+    """Validate every argument before model work, cheapest first; raises `CapeError`/`_UsageError` on bad input."""
     given = [
         name
         for name, value in (
@@ -267,7 +370,7 @@ def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker,
         raise _UsageError("--support IMAGE is required (or --support-frame N, or --support-labels FILE)")
     if len(given) > 1:
         raise _UsageError(f"give one of {' / '.join(given)}, not several")
-    if args.support_frame is not None and (args.video is None or not args.keypoints):
+    if args.support_frame is not None and (args.webcam is not None or not args.keypoints):
         raise _UsageError("--support-frame N needs a VIDEO file and --keypoints FILE (the points on frame N)")
     if (args.labels_frame is not None or args.labels_image) and not args.support_labels:
         raise _UsageError("--labels-frame / --labels-image go with --support-labels FILE")
@@ -283,44 +386,64 @@ def _setup(args: argparse.Namespace, out: Path | None) -> tuple[Source, Tracker,
         if not sleap_available():
             raise _UsageError("--export sleap needs sleap-io (pip install 'cape-track[sleap]')")
     from cape_track.model import CapeModel
-    from cape_track.tracker.accel import Accelerator, configure_cpu_threads, select_device
-    from cape_track.tracker.pipeline import Tracker, TrackerConfig
-    from cape_track.tracker.sinks import WindowSink, file_sinks
-    from cape_track.tracker.sources import WebcamSource, open_source
+    from cape_track.tracker.accel import configure_cpu_threads, select_device
+    from cape_track.tracker.sinks import WindowSink
 
     device = select_device(args.device)
     configure_cpu_threads(device)
     live_window = args.webcam is not None or args.show
-    headless = live_window and not WindowSink.display_available()
-    if headless:
-        if args.webcam is None or out is None:
+    if live_window and not WindowSink.display_available():
+        if args.webcam is None or jobs[0].out is None:
             hint = "drop --show" if args.webcam is None else "add --record DIR to record without a window"
             raise SinkError(f"display: no display available ({hint}, or run on a desktop session)")
         live_window = False
-    if out is not None:
-        _check_writable(out)
-    support = _support(args)
-    if args.webcam is not None:
-        source: Source = WebcamSource(args.webcam)
-        stem = source.name
+        headless = True
     else:
-        source = open_source(args.video)  # a string: "" is refused, a URL keeps its "//"
-        stem = _stem(args)
-    if headless:
-        warnings.warn("no display: recording without a window (Ctrl-C stops)", stacklevel=1)
+        headless = False
+    for job in jobs:
+        if job.out is not None:
+            _check_writable(job.out)
+    support = _support(args, jobs[0].spec)
     if _is_terminal(sys.stderr):
         _err(f"{PROG}: loading the model ...")
+    model = CapeModel.from_checkpoint(args.checkpoint, device=device, trust=args.trust_checkpoint)
+    return _Prepared(device, model, support, live_window, headless)
+
+
+def _open_job(args: argparse.Namespace, job: _Job, prepared: _Prepared) -> tuple[Source, Tracker, list[Sink]]:
+    """The source, a tracker (the support encoded for it) and the sinks of one input; its output policy first."""
+    from cape_track.tracker.accel import Accelerator
+    from cape_track.tracker.pipeline import Tracker, TrackerConfig
+    from cape_track.tracker.sinks import WindowSink, file_sinks, output_paths
+    from cape_track.tracker.sources import WebcamSource, open_source
+
+    if job.out is not None and not args.overwrite:
+        existing = [p for p in output_paths(job.out, job.stem).values() if p.exists()]
+        if existing and args.skip_existing:
+            raise _Skipped(f"{existing[0]} exists: skipped (--skip-existing)")
+        if existing:
+            raise SinkError(f"{existing[0]}: already exists (pass --overwrite to replace it, or --skip-existing)")
+    if isinstance(job.spec, int):
+        source: Source = WebcamSource(job.spec)
+    else:
+        source = open_source(job.spec, fps=args.fps)  # a string: "" is refused, a URL keeps its "//"
+    if prepared.headless:
+        warnings.warn("no display: recording without a window (Ctrl-C stops)", stacklevel=1)
     try:
-        model = CapeModel.from_checkpoint(args.checkpoint, device=device, trust=args.trust_checkpoint)
         config = TrackerConfig(batch=args.batch, smooth=not args.no_smooth, offline=args.offline)
-        tracker = Tracker(model, support, config, Accelerator.for_device(device, args.accel))
+        accel = Accelerator.for_device(prepared.device, args.accel)
+        tracker = Tracker(prepared.model, prepared.support, config, accel)
     except BaseException:
         source.close()
         raise
-    sinks: list[Sink] = file_sinks(out, stem) if out is not None else []
-    if live_window:
-        sinks.append(WindowSink(f"{PROG}: {stem}"))
+    sinks: list[Sink] = file_sinks(job.out, job.stem) if job.out is not None else []
+    if prepared.live_window:
+        sinks.append(WindowSink(f"{PROG}: {job.stem}"))
     return source, tracker, sinks
+
+
+class _Skipped(CapeError):
+    """An input left alone by --skip-existing: a note, not a failure."""
 
 
 def _export_list(text: str) -> tuple[str, ...]:
@@ -385,6 +508,16 @@ def _camera_index(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a camera index (0, 1, ...)") from None
     if not 0 <= value < 1000:
         raise argparse.ArgumentTypeError(f"{value} is not a webcam index (0, 1, ...)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (0 < value < 10_000):
+        raise argparse.ArgumentTypeError(f"{value} is not a frame rate (0 < F < 10000)")
     return value
 
 

@@ -377,7 +377,7 @@ def _open_camera(index: int) -> cv2.VideoCapture:
         cv2.utils.logging.setLogLevel(previous)
 
 
-def open_source(spec: str | int | Path, queue_size: int = 8) -> Source:
+def open_source(spec: str | int | Path, queue_size: int = 8, fps: float | None = None) -> Source:
     """A source from a command-line spec: a webcam index (`0`), a folder of images, or a video file.
 
     Raises `SourceError` with a one-line message when it cannot be opened or its first frame cannot be read.
@@ -392,7 +392,7 @@ def open_source(spec: str | int | Path, queue_size: int = 8) -> Source:
     if isinstance(spec, str) and spec.isdigit() and not path.exists():
         return WebcamSource(int(spec))
     if path.is_dir():
-        return ImageFolderSource(path, queue_size=queue_size)
+        return ImageFolderSource(path, fps=fps or DEFAULT_FPS, queue_size=queue_size)
     return VideoFileSource(path, queue_size=queue_size)
 
 
