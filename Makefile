@@ -29,7 +29,7 @@ run: setup
 	$(BIN)/cape-track $(SAMPLE) --support $(SUPPORT) --out cape_out --overwrite
 
 app: setup
-	$(BIN)/streamlit run streamlit_app/app.py
+	$(BIN)/cape-track app
 
 # The page's browser test drives Debian's Chromium (Playwright cannot download its own browser here). Install it
 # when it is missing and apt-get is usable (as root, or with password-less sudo); never fail: the test then skips.

@@ -22,6 +22,7 @@ from cape_track.model.support import load_image
 from cape_track.streamlit_app.job import JobState, TrackingJob
 from cape_track.streamlit_app.state import Annotation, AnnotationError, History, pointer_edit
 from cape_track.tracker import TrackerConfig, draw_pose, keypoint_colors, open_source, select_device
+from cape_track.tracker.accel import configure_cpu_threads
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff"]
@@ -104,8 +105,11 @@ def user_message(exc: CapeError, path: Path, name: str) -> str:
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
 def load_model(checkpoint: str | None, stamp: float, device: str) -> CapeModel:
     """One model per (checkpoint, file time, device), shared by every session; `stamp` renews it when the file
-    changes."""
-    return CapeModel.from_checkpoint(checkpoint, device=device)
+    changes. Torch gets the CLI's thread count (one core left to decoding and encoding), so the page tracks at the
+    CLI's speed. Uploaded checkpoints are never unpickled (weights-only loading, no --trust-checkpoint here)."""
+    model = CapeModel.from_checkpoint(checkpoint, device=device)
+    configure_cpu_threads(model.device)
+    return model
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

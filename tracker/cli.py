@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
         description="Track the keypoints clicked on support image(s) through a video, an image folder or a webcam.",
-        epilog="example: cape-track clip.mp4 --support ref.jpg   (reads ref.json beside ref.jpg)",
+        epilog="example: cape-track clip.mp4 --support ref.jpg   (reads ref.json beside ref.jpg); "
+        "cape-track app opens the page",
     )
     p.add_argument(
         "video", nargs="*", help="video files, URLs, folders of images, or folders of videos (each tracked in turn)"
@@ -103,8 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.showwarning = _print_note
-        parser = build_parser()
         argv = sys.argv[1:] if argv is None else list(argv)
+        if argv[:1] == ["app"]:
+            return _app(argv[1:])
+        parser = build_parser()
         if not argv:
             parser.print_usage(sys.stderr)
             return _fail("give a VIDEO (file or image folder) or --webcam INDEX, and --support IMAGE", 2)
@@ -115,6 +118,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help
             return int(exc.code or 0)
         return _run(args)
+
+
+# The page's settings, also when launched from an installed wheel (no .streamlit/config.toml in the working folder):
+# local only, no usage statistics, and no garbage collection after every rerun (it starves the tracking thread).
+APP_OPTIONS = {"browser.gatherUsageStats": "false", "runner.postScriptGC": "false", "server.headless": "true"}
+
+
+def _app(argv: list[str]) -> int:
+    """`cape-track app [--host H] [--port P]`: the Streamlit page, bound to 127.0.0.1 unless asked otherwise."""
+    import importlib.util
+    import subprocess
+
+    p = _Parser(prog=f"{PROG} app", description="Open the cape-track page (Streamlit) in your browser.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    try:
+        args = p.parse_args(argv)
+    except _UsageError as exc:
+        return _fail(f"app: {exc}", 2)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if importlib.util.find_spec("streamlit") is None:
+        return _fail("app: the page needs Streamlit (pip install 'cape-track[app]')", 2)
+    page = Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py"  # repository and wheel alike
+    options = dict(APP_OPTIONS, **{"server.address": args.host, "server.port": str(args.port)})
+    command = [sys.executable, "-m", "streamlit", "run", str(page), *(f"--{k}={v}" for k, v in options.items())]
+    _err(f"{PROG}: the page is at http://{args.host}:{args.port} (Ctrl-C stops it)")
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 130
 
 
 def run() -> None:
