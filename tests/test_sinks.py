@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -126,7 +127,7 @@ def test_video_sink_draws_the_overlay(tmp_path: Path) -> None:
 def test_file_sinks_write_the_three_output_paths(tmp_path: Path) -> None:
     out = tmp_path / "new" / "folder"
     sinks = file_sinks(out, "clip")
-    assert {s.path for s in sinks} == set(output_paths(out, "clip").values())
+    assert {p.path for s in sinks for p in s.parts} == set(output_paths(out, "clip").values())
     assert output_paths(out, "clip")["video"] == out / "clip.tracked.mp4"
     for sink in sinks:
         sink.open(_info())
@@ -177,3 +178,46 @@ def test_video_encoding_failure_is_reported_once_and_the_file_closed(tmp_path: P
         for frame, result in frames:
             sink.write(frame, result)
     sink.close()  # already reported: closes the container without raising again
+
+
+def test_track_files_agree_when_one_file_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CSV cannot take frame 3 (a full disk): the run stops there and the JSON is cut to the CSV's frames; the
+    video, written after them, never got frame 3. All three hold frames 0-2, the CSV has no half row."""
+    from cape_track.tracker.sinks import TrackFiles
+
+    files = TrackFiles(tmp_path, "clip")
+    files.open(_info())
+    frames = list(_frames(5))
+    real = files.csv._file.write
+    calls = {"n": 0}
+
+    def full_disk(text: str) -> int:
+        calls["n"] += 1
+        if calls["n"] == 4:  # the header, then rows 0-2, then row 3 fails half-way
+            real(text[: len(text) // 2])
+            raise OSError(28, "No space left on device")
+        return real(text)
+
+    monkeypatch.setattr(files.csv._file, "write", full_disk)
+    with pytest.raises(SinkError, match="clip.keypoints.csv: cannot write the tracks"):
+        for frame, result in frames:
+            files.write(frame, result)
+    files.close()
+    paths = output_paths(tmp_path, "clip")
+    rows = list(csv.reader(paths["csv"].open()))
+    assert len(rows) == 4 and all(len(r) == len(rows[0]) for r in rows)
+    assert [f["index"] for f in json.loads(paths["json"].read_text())["frames"]] == [0, 1, 2]
+    with av.open(str(paths["video"])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 3
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_json_never_holds_nan(tmp_path: Path) -> None:
+    """`allow_nan=False`: a NaN that reached the tracks file would make it invalid JSON; the pipeline replaces
+    non-finite predictions before this, and the sink refuses rather than write one."""
+    sink = JsonSink(tmp_path / "t.json")
+    sink.open(_info())
+    frame, result = next(iter(_frames(1)))
+    bad = replace(result, scores=np.full_like(result.scores, np.nan))
+    with pytest.raises(ValueError):
+        sink.write(frame, bad)

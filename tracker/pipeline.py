@@ -339,6 +339,12 @@ class Tracker:
         for frame, box, xy_in, score in zip(submitted.frames, boxes, xy_input, scores, strict=True):
             xy = input_to_frame(xy_in.astype(np.float64), box, s)
             score = np.where(_inside(xy, frame.image.shape), score.astype(np.float64), 0.0)  # never seen outside
+            # A prediction that is not finite (a damaged checkpoint, an overflow) is no measurement: score 0, and
+            # the position of the last frame (or 0), so no NaN ever reaches the smoother or the files.
+            bad = ~(np.isfinite(xy).all(axis=1) & np.isfinite(score))
+            if bad.any():
+                fallback = state.xy if state.xy is not None else np.zeros_like(xy)
+                xy, score = np.where(bad[:, None], fallback, xy), np.where(bad, 0.0, score)
             if self.smoother is not None:
                 dt = 1.0 if state.last_time is None else max(frame.time - state.last_time, 0.0) * state.fps
                 out = self.smoother.step(state.filter, xy, score, scale=box.size, dt=dt, image=frame.image)

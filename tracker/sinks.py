@@ -5,6 +5,7 @@ live window."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import queue
@@ -70,10 +71,56 @@ def output_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
 
 
 def file_sinks(out_dir: str | Path, stem: str, video: bool = True) -> list[Sink]:
-    """The standard sinks writing `output_paths(out_dir, stem)`; `video=False` skips the annotated video."""
-    paths = output_paths(out_dir, stem)
-    sinks: list[Sink] = [JsonSink(paths["json"]), CsvSink(paths["csv"])]
-    return ([VideoSink(paths["video"])] if video else []) + sinks
+    """The standard sinks writing `output_paths(out_dir, stem)`, as one `TrackFiles`; `video=False` skips the
+    annotated video."""
+    return [TrackFiles(out_dir, stem, video)]
+
+
+class TrackFiles(Sink):
+    """The result files of one video written as one: each frame goes to the JSON, the CSV, then the annotated video,
+    and `close` finishes the video first, then cuts the JSON and CSV to the frames every file holds. So whatever
+    ends a run (a full disk or a size limit on any file, a failed encoder, a signal) the three agree."""
+
+    def __init__(self, out_dir: str | Path, stem: str, video: bool = True) -> None:
+        paths = output_paths(out_dir, stem)
+        self.json, self.csv = JsonSink(paths["json"]), CsvSink(paths["csv"])
+        self.video = VideoSink(paths["video"]) if video else None
+        self.parts: list[Sink] = [self.json, self.csv] + ([self.video] if self.video else [])
+        self.path = paths["json"]
+        self._opened: list[Sink] = []
+
+    @property
+    def busy_seconds(self) -> float:
+        return self.video.busy_seconds if self.video else 0.0
+
+    def open(self, info: TrackInfo) -> None:
+        for part in self.parts:
+            part.open(info)
+            self._opened.append(part)
+
+    def write(self, frame: Frame, result: FrameResult) -> None:
+        for part in self.parts:
+            part.write(frame, result)
+
+    def close(self) -> None:
+        errors: list[SinkError] = []
+        if self.video in self._opened:
+            try:
+                self.video.close()
+            except SinkError as exc:
+                errors.append(exc)
+        opened = [p for p in (self.json, self.csv) if p in self._opened]
+        frames = min([p.frames_done for p in self._opened], default=0)
+        for part in opened:
+            try:
+                part.close(keep=frames)
+            except SinkError as exc:
+                errors.append(exc)
+                frames = min(frames, part.frames_done)
+        if self.csv in opened and self.csv.frames_done > frames:  # the JSON could not take every frame
+            self.csv.truncate(frames)
+        if errors:
+            raise errors[0]
 
 
 def _make_parent(path: Path) -> None:
@@ -118,17 +165,43 @@ class JsonSink(Sink):
             "scores": np.round(result.scores, 4).tolist(),
             "visible": result.visible.tolist(),
         }
-        self._pending.append(json.dumps(record))
+        self._pending.append(json.dumps(record, allow_nan=False))
         self.frames_written += 1
         if len(self._pending) >= max(self.every, self._saved // 4):
             self._rewrite()
 
-    def close(self) -> None:
+    @property
+    def frames_done(self) -> int:
+        """Frames the file will hold once closed (those on disk plus those waiting in memory)."""
+        return self._saved + len(self._pending)
+
+    def close(self, keep: int | None = None) -> None:
+        """Write what is pending; with `keep`, hold at most that many frames (see `TrackFiles`)."""
+        if keep is not None and keep < self.frames_done:
+            drop = self.frames_done - keep
+            if drop <= len(self._pending):
+                del self._pending[len(self._pending) - drop :]
+            else:
+                self._cut_saved(keep)
         if self._pending:
             self._rewrite()
 
-    def _rewrite(self) -> None:
+    def _cut_saved(self, keep: int) -> None:
+        """Rewrite the file on disk with its first `keep` frames (a rare ending: an encoder that failed early)."""
+        self._pending.clear()
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SinkError(f"{self.path}: cannot reread the tracks to cut them ({exc})") from exc
+        frames = [json.dumps(f, allow_nan=False) for f in data["frames"][:keep]]
+        self._saved = 0
+        self._pending = frames
+        self._rewrite(fresh=True)
+
+    def _rewrite(self, fresh: bool = False) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
+        if fresh:
+            self._saved = 0
         try:
             with open(tmp, "wb") as out:
                 if self._saved:
@@ -141,6 +214,7 @@ class JsonSink(Sink):
                 out.write(self._FOOTER)
             os.replace(tmp, self.path)
         except OSError as exc:
+            tmp.unlink(missing_ok=True)  # the file on disk keeps its last complete state
             raise SinkError(f"{self.path}: cannot write the tracks ({exc.strerror or exc})") from exc
         self._saved += len(self._pending)
         self._pending.clear()
@@ -158,12 +232,14 @@ def _copy_prefix(src: BinaryIO, dst: BinaryIO, size: int, chunk: int = 1 << 20) 
 
 class CsvSink(Sink):
     """One row per frame, `frame,time,<name>_x,<name>_y,<name>_score,<name>_visible,...` (visible 1/0: a hidden
-    point keeps its last estimate in x/y, marked 0), flushed after every row."""
+    point keeps its last estimate in x/y, marked 0), flushed after every row. A row is written whole or not at all:
+    a write that fails (a full disk) is cut back to the last complete row."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.frames_written = 0
         self._file = None
+        self._ends: list[int] = []  # file offset after the header and after each row
 
     def open(self, info: TrackInfo) -> None:
         _make_parent(self.path)
@@ -171,24 +247,61 @@ class CsvSink(Sink):
             self._file = open(self.path, "w", newline="", encoding="utf-8")
         except OSError as exc:
             raise SinkError(f"{self.path}: cannot create ({exc.strerror or exc})") from exc
-        self._csv = csv.writer(self._file)
         fields = ("x", "y", "score", "visible")
-        columns = ["frame", "time"] + [f"{name}_{field}" for name in info.names for field in fields]
-        self._csv.writerow(columns)
-        self._file.flush()
+        self._append(["frame", "time"] + [f"{name}_{field}" for name in info.names for field in fields])
+
+    @property
+    def frames_done(self) -> int:
+        return max(len(self._ends) - 1, 0)
 
     def write(self, frame: Frame, result: FrameResult) -> None:
         cells = [
             (f"{x:.3f}", f"{y:.3f}", f"{score:.3f}", "1" if vis else "0")
             for (x, y), score, vis in zip(result.xy_frame, result.scores, result.visible, strict=True)
         ]
-        self._csv.writerow([result.index, f"{result.time:.6f}", *(c for cell in cells for c in cell)])
-        self._file.flush()
+        self._append([result.index, f"{result.time:.6f}", *(c for cell in cells for c in cell)])
         self.frames_written += 1
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+    def truncate(self, frames: int) -> None:
+        """Keep the header and the first `frames` rows."""
+        if self._file is None or frames >= self.frames_done:
+            return
+        try:
+            self._file.flush()
+            self._file.truncate(self._ends[frames])
+            self._file.seek(self._ends[frames])
+        except OSError as exc:
+            raise SinkError(f"{self.path}: cannot cut the tracks ({exc.strerror or exc})") from exc
+        del self._ends[frames + 1 :]
+
+    def close(self, keep: int | None = None) -> None:
+        if self._file is None:
+            return
+        try:
+            if keep is not None:
+                self.truncate(keep)
+        finally:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+    def _append(self, row: list[object]) -> None:
+        text = io.StringIO()
+        csv.writer(text).writerow(row)
+        start = self._ends[-1] if self._ends else 0
+        try:
+            self._file.write(text.getvalue())
+            self._file.flush()
+        except OSError as exc:
+            try:
+                self._file.truncate(start)
+                self._file.seek(start)
+            except OSError:
+                pass
+            raise SinkError(f"{self.path}: cannot write the tracks ({exc.strerror or exc})") from exc
+        self._ends.append(self._file.tell())
 
 
 class VideoSink(Sink):
@@ -205,6 +318,7 @@ class VideoSink(Sink):
         self._reported = False
         self._thread: threading.Thread | None = None
         self.busy_seconds = 0.0  # drawing + encoding time (a stage timer)
+        self.frames_encoded = 0  # frames in the file (the writer thread's count; `frames_written` counts hand-overs)
 
     def open(self, info: TrackInfo) -> None:
         self._info = info
@@ -212,7 +326,12 @@ class VideoSink(Sink):
         codec = h264_encoder()
         _make_parent(self.path)
         try:
-            self._container = av.open(str(self.path), "w", options={"movflags": "+faststart"})
+            # Fragmented MP4 (an index per fragment, one fragment per keyframe): a file cut short by a full disk, a
+            # size limit or a kill still plays up to its last whole fragment; a plain MP4 needs its index at the end.
+            # Written through a Python file: FFmpeg's own writer keeps a failed write to itself until the end,
+            # Python's raises at once, so a full disk stops the run at the frame it happened.
+            self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            self._container = av.open(self._file, "w", format="mp4", options={"movflags": FRAGMENTED_MP4})
         except (av.FFmpegError, OSError) as exc:
             raise SinkError(f"{self.path}: cannot create ({exc})") from exc
         stream = self._container.add_stream(codec, rate=Fraction(info.fps).limit_denominator(1001))
@@ -221,10 +340,15 @@ class VideoSink(Sink):
         stream.codec_context.time_base = Fraction(1, 1000)  # pts in ms from the source's timestamps
         if codec == "libx264":
             stream.options = {"crf": str(self.crf), "preset": "veryfast"}
+        stream.codec_context.gop_size = max(1, round(info.fps))  # a keyframe (a fragment) every second
+        # No B-frames: a fragmented MP4 has no edit list to hide their decoding delay, so every timestamp would
+        # come out shifted by it.
+        stream.codec_context.max_b_frames = 0
         try:
             self._container.start_encoding()  # opens the encoder and writes the header now, not at frame 1
         except av.FFmpegError as exc:
             self._container.close()
+            self._file.close()
             raise SinkError(f"{self.path}: cannot start the {codec} encoder ({exc})") from exc
         self._stream = stream
         self._last_pts = -1
@@ -245,11 +369,22 @@ class VideoSink(Sink):
         try:
             if self._error is None:
                 self._container.mux(self._stream.encode(None))
-        finally:
-            self._container.close()
-            if self.frames_written == 0:
-                self.path.unlink(missing_ok=True)  # an MP4 without frames has no video stream: write none
+        except (av.FFmpegError, OSError) as exc:
+            self._error = exc
+        for closing in (self._container.close, self._file.close):
+            try:
+                closing()
+            except (av.FFmpegError, OSError) as exc:
+                self._error = self._error or exc
+        if self.frames_written == 0:
+            self.path.unlink(missing_ok=True)  # an MP4 without frames has no video stream: write none
+        elif self._error is not None:
+            self.frames_encoded = _decodable_frames(self.path)  # what a player will show of the cut file
         self._raise_failure()
+
+    @property
+    def frames_done(self) -> int:
+        return self.frames_encoded
 
     def _raise_failure(self) -> None:
         if self._error is not None and not self._reported:
@@ -263,6 +398,7 @@ class VideoSink(Sink):
             try:
                 start = time.perf_counter()
                 self._encode(*item)
+                self.frames_encoded += 1
                 self.busy_seconds += time.perf_counter() - start
             except Exception as exc:  # forwarded to the caller's next write/close
                 self._error = exc
@@ -276,6 +412,24 @@ class VideoSink(Sink):
         self._last_pts = max(round(result.time * 1000), self._last_pts + 1)
         video_frame.pts, video_frame.time_base = self._last_pts, Fraction(1, 1000)
         self._container.mux(self._stream.encode(video_frame))
+
+
+FRAGMENTED_MP4 = "+frag_keyframe+empty_moov+default_base_moof"
+
+
+def _decodable_frames(path: Path) -> int:
+    """Frames a reader gets out of a (possibly cut) video file."""
+    try:
+        with av.open(str(path)) as container:
+            count = 0
+            try:
+                for _ in container.decode(video=0):
+                    count += 1
+            except (av.FFmpegError, OSError):
+                pass
+            return count
+    except (av.FFmpegError, OSError, IndexError):
+        return 0
 
 
 def h264_encoder() -> str:

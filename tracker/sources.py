@@ -222,11 +222,27 @@ class VideoFileSource(_QueuedSource):
     def _produce(self) -> Iterator[Frame]:
         start: float | None = None
         last = 0.0
+        size: tuple[int, int] | None = None  # (W, H) of the first frame: every frame is delivered at it
+        resized = False
         for index, decoded in enumerate(self._container.decode(self._stream)):
             image = decoded.to_ndarray(format="rgb24")
             quarter_turns = round(decoded.rotation / 90) % 4  # display matrix: counter-clockwise degrees
             if quarter_turns:
                 image = np.ascontiguousarray(np.rot90(image, k=quarter_turns))
+            if size is None:
+                size = (image.shape[1], image.shape[0])
+            elif (image.shape[1], image.shape[0]) != size:
+                # A stream that changes resolution mid-way (spliced H.264, MPEG-TS): rescaled to the first size, so
+                # the tracks keep one coordinate frame and the annotated video one size.
+                if not resized:
+                    resized = True
+                    warnings.warn(
+                        f"{self.name}: resolution changes from {size[0]}x{size[1]} to {image.shape[1]}x"
+                        f"{image.shape[0]} at frame {index}; frames are rescaled to {size[0]}x{size[1]}",
+                        TrackerWarning,
+                        stacklevel=2,
+                    )
+                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
             if decoded.time is None:  # no timestamp: continue at the nominal rate
                 t = last + 1.0 / self.fps
             else:
