@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from cape_track.model import CapeError, CapeModel, Prediction, SupportEmbedding, SupportSet
+from cape_track.model.matching import FinderConfig, match_support
 from cape_track.tracker import (
     Accelerator,
     Frame,
@@ -136,10 +137,34 @@ class SupportPerFrameModel(CapeModel):
         self.load_state_dict(model.state_dict())
         self.support_set = support
 
+        self.backbone = _SupportPerFrameBackbone(self.backbone, self, support)
+
     def predict(self, images: torch.Tensor, support: SupportEmbedding) -> Prediction:
         for _ in range(images.shape[0]):  # one support pass per frame of the batch
             support = self.encode_support_set(self.support_set)
         return super().predict(images, support)
+
+
+class _SupportPerFrameBackbone(torch.nn.Module):
+    """The same for the keypoint finder (which reads the backbone's levels, not `predict`): the finder's support
+    (its hypercolumns, upright and rotated) is computed again for every frame before the frame's own levels."""
+
+    def __init__(self, inner: torch.nn.Module, model: CapeModel, support: SupportSet) -> None:
+        super().__init__()
+        self.inner = inner
+        self.inputs = model.support_inputs(support)
+        self.has_pyramid = inner.has_pyramid
+        self.channels = inner.channels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.inner(images)
+
+    def pyramid(self, images: torch.Tensor, depth: int = 2) -> list[torch.Tensor]:
+        shots, keypoints, visible = self.inputs
+        rotations = FinderConfig().rotations
+        for _ in range(images.shape[0]):
+            match_support(lambda x: self.inner.pyramid(x, depth), shots, keypoints, visible, rotations)
+        return self.inner.pyramid(images, depth)
 
 
 # --------------------------------------------------------------------------------------------------- stages

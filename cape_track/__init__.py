@@ -10,12 +10,14 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
+from cape_track.model.lazy import lazy_exports
+
 if TYPE_CHECKING:
     from cape_track.model import CapeError, CapeModel, SupportSet
     from cape_track.tracker import Tracker, TrackerConfig, open_source
 
-_EXPORTS = {"CapeError": "model", "CapeModel": "model", "SupportSet": "model"}
-_EXPORTS.update(Tracker="tracker", TrackerConfig="tracker", open_source="tracker")
+_EXPORTS = {"CapeError": ".model", "CapeModel": ".model", "SupportSet": ".model"}
+_EXPORTS.update(Tracker=".tracker", TrackerConfig=".tracker", open_source=".tracker")
 
 try:
     __version__ = version("cape-track")
@@ -25,12 +27,5 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = ["CapeError", "CapeModel", "SupportSet", "Tracker", "TrackerConfig", "__version__", "open_source"]
 
 
-def __getattr__(name: str) -> object:
-    """The public classes, imported on first use (PEP 562): importing `cape_track` alone costs no torch."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"cape_track.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+# The public classes, imported on first use: importing `cape_track` alone costs no torch.
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 # Names -> the submodule that defines them. Imported on first use (PEP 562), so that `cape-track --help`,
 # argument errors and light modules such as `errors` do not pay for torch and timm.
@@ -45,9 +46,4 @@ if TYPE_CHECKING:
     from .support import KeypointFile, SupportSet
 
 
-def __getattr__(name: str) -> object:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

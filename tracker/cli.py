@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO
@@ -293,16 +293,6 @@ def _support(args: argparse.Namespace, first_input: str | int) -> SupportSet:
     return SupportSet.from_files(args.support, args.keypoints)
 
 
-def _frame_index(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a frame number (0, 1, ...)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not a frame number (0, 1, ...)")
-    return value
-
-
 def _export(args: argparse.Namespace, job: _Job, code: int) -> int:
     """`--export`: the field's formats from the tracks file, for the frames done (also after a stop)."""
     if not args.export or job.out is None:
@@ -534,37 +524,27 @@ def _print_note(message: Warning | str, category: type[Warning], *args: object, 
     _err(f"{PROG}: note: {text[0] if text else category.__name__}")
 
 
-def _camera_index(text: str) -> int:
-    """A camera index: 0, 1, ... (OpenCV crashes on some negative ones instead of failing)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a camera index (0, 1, ...)") from None
-    if not 0 <= value < 1000:
-        raise argparse.ArgumentTypeError(f"{value} is not a webcam index (0, 1, ...)")
-    return value
+def _bounded(convert: type, low: float, high: float, what: str) -> Callable[[str], float]:
+    """An argparse type: `convert(text)` within [low, high], else one line saying what was expected."""
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not value >= low:  # NaN too
+            raise argparse.ArgumentTypeError(f"{value} is not >= {low}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{value} is more than {high}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (0 < value < 10_000):
-        raise argparse.ArgumentTypeError(f"{value} is not a frame rate (0 < F < 10000)")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
-    if value > MAX_BATCH:
-        raise argparse.ArgumentTypeError(f"{value} is more than {MAX_BATCH} (frames per model call)")
-    return value
+_camera_index = _bounded(int, 0, 999, "a camera index (0, 1, ...)")  # OpenCV crashes on some negative ones
+_frame_index = _bounded(int, 0, 10**9, "a frame number (0, 1, ...)")
+_positive_float = _bounded(float, 1e-3, 10_000, "a frame rate")
+_positive_int = _bounded(int, 1, MAX_BATCH, "a whole number")  # --batch
 
 
 class _ProgressLine:
