@@ -28,10 +28,13 @@ DEFAULT_CHECKPOINT = Path(__file__).with_name("weights") / "default.safetensors"
 # What the paper's released mmcv checkpoints hold besides tensors, dicts, lists and strings: `meta.hook_msgs` keeps
 # numpy scalars (e.g. `best_score`), pickled as a numpy scalar of a numpy dtype. Unpickling is restricted to exactly
 # these (plus torch's own weights-only set); anything else needs `trust=True` (`--trust-checkpoint`).
+_SCALAR = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
 _MMCV_META_GLOBALS = [
     np.dtype,
     *(type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "bool")),
-    np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar,
+    _SCALAR,
+    # The released files were pickled under numpy 1, which names the scalar constructor `numpy.core...`.
+    (_SCALAR, "numpy.core.multiarray.scalar"),
 ]
 
 # Official prefix -> our prefix, first match wins (order matters: the specific decoder rule precedes the generic).

@@ -114,7 +114,7 @@ def _from_deeplabcut(path: Path, index: int | None, image: str | None) -> Suppor
             frame.columns = frame.columns.set_names(["scorer", "bodyparts", "coords"])
         else:
             frame = pd.read_hdf(path)
-    except (OSError, ValueError, KeyError, ImportError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, ImportError, TypeError, RuntimeError) as exc:  # HDF5 errors: Runtime
         raise SupportFileError(f"{path}: not a readable DeepLabCut labels file ({type(exc).__name__})") from None
     if frame.columns.nlevels < 3 or "bodyparts" not in (frame.columns.names or []):
         raise SupportFileError(f"{path}: not DeepLabCut's layout (columns scorer / bodyparts / coords)")
@@ -170,7 +170,10 @@ def _from_sleap(path: Path, index: int | None, image: str | None) -> SupportSet:
     names = list(skeleton.node_names)
     xy = np.asarray(instance.numpy(), dtype=np.float64)
     visible = np.isfinite(xy).all(axis=1)
-    picture = chosen.image
+    try:
+        picture = chosen.image
+    except Exception:  # noqa: BLE001 - sleap-io's video backends raise many kinds for a missing or bad video
+        picture = None
     if picture is None:
         raise SupportFileError(
             f"{path}: the frame's image cannot be read (is its video at {_video_name(chosen.video)}?)"

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+MAX_RANSAC_KEYPOINTS = 24  # keypoints whose pairs seed the layout fit: 276 pairs x 4 candidate pairs at most
+
 
 @dataclass(frozen=True)
 class FinderConfig:
@@ -180,6 +182,7 @@ class KeypointFinder:
         ys, xs = np.mgrid[0:h, 0:w]
         cells = np.stack([xs, ys], -1) * stride + (stride - 1) / 2.0  # [h, w, 2] input px of cell centres
         d2 = ((cells[None] - prior[:, None, None]) ** 2).sum(-1) / max(extent, stride) ** 2  # [N, h, w]
+        d2[~usable] = 0.0  # not on the layout's shot: its stored position means nothing, so no pull
         objective = sim - c.layout_weight * d2
         flat = objective.reshape(n, -1).argmax(1)
         py, px = np.divmod(flat, w)
@@ -222,8 +225,10 @@ def _fit_layout(
     support_extent = float(np.ptp(src, axis=0).max())
     if support_extent <= 0:
         return None
-    # Hypotheses: every pair (i, j) of usable keypoints x each one's top-2 candidates.
-    pairs = [(a, b) for a in range(len(idx)) for b in range(a + 1, len(idx))]
+    # Hypotheses: every pair (i, j) of usable keypoints x each one's top-2 candidates; with many keypoints, the
+    # pairs among the MAX_RANSAC_KEYPOINTS best-matched ones (the cost grows with the square of the count).
+    ranked = np.argsort(-cand_sim[idx, 0])[:MAX_RANSAC_KEYPOINTS]
+    pairs = [(a, b) for a in sorted(ranked) for b in sorted(ranked) if a < b]
     pairs = [(a, b) for a, b in pairs if np.linalg.norm(src[a] - src[b]) > 0.15 * support_extent] or pairs
     top = min(2, cand_xy.shape[1])
     a, b, ca, cb = (np.array(v) for v in zip(*[(a, b, i, j) for a, b in pairs for i in range(top) for j in range(top)]))

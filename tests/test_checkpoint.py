@@ -205,3 +205,31 @@ def test_safetensors_round_trip_and_the_embedded_model_is_safetensors(tmp_path: 
     (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
     with pytest.raises(CheckpointError, match="not a safetensors checkpoint"):
         model.CapeModel.from_checkpoint(tmp_path / "bad.safetensors")
+
+
+def test_numpy_1_pickles_of_meta_scalars_load_without_trust(tmp_path: Path) -> None:
+    """The released files were written under numpy 1: their `meta` scalars name `numpy.core.multiarray.scalar`."""
+    import numpy as np
+
+    m = model.CapeModel.from_preset("test").eval()
+    path = tmp_path / "np1.pt"
+    m.save(path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["meta"] = {"hook_msgs": {"best_score": np.float64(0.5)}}
+    torch.save(ckpt, path)
+    import io
+    import zipfile
+
+    new, old = b"numpy._core.multiarray", b"numpy.core.multiarray"
+    source = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:  # torch zips the pickle: rename inside data.pkl
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith("data.pkl"):
+                data = data.replace(new, old)
+                assert old in data and new not in data  # the file now asks for numpy 1's name
+            target.writestr(item, data)
+    path.write_bytes(out.getvalue())
+    loaded = model.CapeModel.from_checkpoint(path)
+    assert loaded.config == m.config

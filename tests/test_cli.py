@@ -116,7 +116,7 @@ def _bad_inputs(tmp_path: Path, clip, ref: Path, checkpoint: Path) -> dict[str, 
         "batch zero": ([video, *good, "--batch", "0"], "0 is not >= 1"),
         "unknown accel": ([video, *good, "--accel", "warp"], "invalid choice: 'warp'"),
         "unknown flag": ([video, *good, "--fast"], "unrecognized arguments: --fast"),
-        "offline webcam": (["--webcam", "0", *good, "--offline"], "--offline needs a file"),
+        "offline webcam": (["--webcam", "0", *good, "--offline"], "--offline needs files"),
         "offline raw": ([video, *good, "--offline", "--no-smooth"], "drop --no-smooth"),
         "record a file": ([video, *good, "--record", tmp_path], "--record is for --webcam"),
         "no webcam": (

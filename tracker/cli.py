@@ -188,6 +188,9 @@ def _run(args: argparse.Namespace) -> int:
             return _fail(f"unexpected {type(exc).__name__}: {_first_line(exc)}", 1)
         codes = []
         for job in jobs:
+            if signals.signum is not None:  # a signal that arrived between inputs ends the batch
+                codes.append(signals.exit_code)
+                break
             code = _run_job(args, job, prepared, signals, named=len(jobs) > 1)
             codes.append(code)
             if code >= 128:
@@ -217,6 +220,7 @@ def _run_job(args: argparse.Namespace, job: _Job, prepared: _Prepared, signals: 
         code = _track(tracker, source, sinks, job.out, signals, args.quiet)
     finally:
         source.close()
+        signals.deferred = False  # between inputs a signal interrupts at once again
     return _export(args, job, code)
 
 
@@ -309,6 +313,9 @@ def _export(args: argparse.Namespace, job: _Job, code: int) -> int:
     except CapeError as exc:
         _err(f"{PROG}: error: {exc}")
         return code or 1
+    except (OSError, RuntimeError, ValueError) as exc:  # HDF5 and sleap-io failures (a full disk among them)
+        _err(f"{PROG}: error: {tracks.parent}: export failed ({type(exc).__name__}: {_first_line(exc)})")
+        return code or 1
     return code
 
 
@@ -398,8 +405,8 @@ def _prepare(args: argparse.Namespace, jobs: list[_Job]) -> _Prepared:
         raise _UsageError("--support-frame N needs a VIDEO file and --keypoints FILE (the points on frame N)")
     if (args.labels_frame is not None or args.labels_image) and not args.support_labels:
         raise _UsageError("--labels-frame / --labels-image go with --support-labels FILE")
-    if args.webcam is not None and args.offline:
-        raise _UsageError("--offline needs a file (a webcam cannot be read twice)")
+    if args.offline and (args.webcam is not None or any(_is_url(str(job.spec)) for job in jobs)):
+        raise _UsageError("--offline needs files (a webcam or a stream cannot be read twice)")
     if args.offline and args.no_smooth:
         raise _UsageError("--offline is a smoothing pass (drop --no-smooth)")
     if args.webcam is None and args.record:

@@ -94,9 +94,21 @@ class TrackFiles(Sink):
         return self.video.busy_seconds if self.video else 0.0
 
     def open(self, info: TrackInfo) -> None:
-        for part in self.parts:
-            part.open(info)
-            self._opened.append(part)
+        """Open every file, or none: a part that cannot open closes and removes the ones opened before it (no
+        header-only files left for `--skip-existing` to mistake for results)."""
+        try:
+            for part in self.parts:
+                part.open(info)
+                self._opened.append(part)
+        except BaseException:
+            for part in self._opened:
+                try:
+                    part.close()
+                except SinkError:
+                    pass
+                part.path.unlink(missing_ok=True)
+            self._opened.clear()
+            raise
 
     def write(self, frame: Frame, result: FrameResult) -> None:
         for part in self.parts:
@@ -109,16 +121,18 @@ class TrackFiles(Sink):
                 self.video.close()
             except SinkError as exc:
                 errors.append(exc)
-        opened = [p for p in (self.json, self.csv) if p in self._opened]
         frames = min([p.frames_done for p in self._opened], default=0)
-        for part in opened:
+        if self.json in self._opened:
             try:
-                part.close(keep=frames)
+                self.json.close(keep=frames)
+            except SinkError as exc:  # the file on disk keeps what its last complete rewrite held
+                errors.append(exc)
+                frames = min(frames, self.json.frames_saved)
+        if self.csv in self._opened:
+            try:
+                self.csv.close(keep=frames)
             except SinkError as exc:
                 errors.append(exc)
-                frames = min(frames, part.frames_done)
-        if self.csv in opened and self.csv.frames_done > frames:  # the JSON could not take every frame
-            self.csv.truncate(frames)
         if errors:
             raise errors[0]
 
@@ -174,6 +188,11 @@ class JsonSink(Sink):
     def frames_done(self) -> int:
         """Frames the file will hold once closed (those on disk plus those waiting in memory)."""
         return self._saved + len(self._pending)
+
+    @property
+    def frames_saved(self) -> int:
+        """Frames in the file on disk now."""
+        return self._saved
 
     def close(self, keep: int | None = None) -> None:
         """Write what is pending; with `keep`, hold at most that many frames (see `TrackFiles`)."""
@@ -244,7 +263,8 @@ class CsvSink(Sink):
     def open(self, info: TrackInfo) -> None:
         _make_parent(self.path)
         try:
-            self._file = open(self.path, "w", newline="", encoding="utf-8")
+            # Unbuffered bytes: what `_append` has written is on disk, so a failed row can be cut off exactly.
+            self._file = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
         except OSError as exc:
             raise SinkError(f"{self.path}: cannot create ({exc.strerror or exc})") from exc
         fields = ("x", "y", "score", "visible")
@@ -267,8 +287,7 @@ class CsvSink(Sink):
         if self._file is None or frames >= self.frames_done:
             return
         try:
-            self._file.flush()
-            self._file.truncate(self._ends[frames])
+            os.ftruncate(self._file.fileno(), self._ends[frames])
             self._file.seek(self._ends[frames])
         except OSError as exc:
             raise SinkError(f"{self.path}: cannot cut the tracks ({exc.strerror or exc})") from exc
@@ -290,13 +309,14 @@ class CsvSink(Sink):
     def _append(self, row: list[object]) -> None:
         text = io.StringIO()
         csv.writer(text).writerow(row)
+        data = memoryview(text.getvalue().encode("utf-8"))
         start = self._ends[-1] if self._ends else 0
         try:
-            self._file.write(text.getvalue())
-            self._file.flush()
+            while data:  # a raw write may take only part of the bytes
+                data = data[self._file.write(data) :]
         except OSError as exc:
             try:
-                self._file.truncate(start)
+                os.ftruncate(self._file.fileno(), start)
                 self._file.seek(start)
             except OSError:
                 pass
@@ -331,8 +351,13 @@ class VideoSink(Sink):
             # Written through a Python file: FFmpeg's own writer keeps a failed write to itself until the end,
             # Python's raises at once, so a full disk stops the run at the frame it happened.
             self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise SinkError(f"{self.path}: cannot create ({exc.strerror or exc})") from exc
+        try:
             self._container = av.open(self._file, "w", format="mp4", options={"movflags": FRAGMENTED_MP4})
         except (av.FFmpegError, OSError) as exc:
+            self._file.close()
+            self.path.unlink(missing_ok=True)
             raise SinkError(f"{self.path}: cannot create ({exc})") from exc
         stream = self._container.add_stream(codec, rate=Fraction(info.fps).limit_denominator(1001))
         stream.width, stream.height = info.width + info.width % 2, info.height + info.height % 2
@@ -349,6 +374,7 @@ class VideoSink(Sink):
         except av.FFmpegError as exc:
             self._container.close()
             self._file.close()
+            self.path.unlink(missing_ok=True)
             raise SinkError(f"{self.path}: cannot start the {codec} encoder ({exc})") from exc
         self._stream = stream
         self._last_pts = -1
