@@ -45,7 +45,15 @@ class FinderConfig:
     # The support is also described rotated by these angles (degrees) and each cell matches its best rotation: the
     # backbone's features are not rotation-invariant, and a head rolls, a hand turns.
     rotations: tuple[float, ...] = (-30.0, 30.0)
-    depth: int = 2  # backbone levels in the hypercolumn, ending at the feature level: 2 = strides 8 + 16, 3 adds 4
+    # Refine each placed keypoint at stride 4: inside its stride-8 cell (and half a cell around), the best match of
+    # a stride-4+8+16 hypercolumn, then a soft-argmax there. The finer level only decides within the cell: which
+    # cell is still decided at stride 8, where the features are more distinctive.
+    fine: bool = False  # measured on the development set: no better overall (see README), so off
+
+    @property
+    def depth(self) -> int:
+        """Backbone levels the finder reads, ending at the feature level: strides 8 + 16, and 4 when `fine`."""
+        return 3 if self.fine else 2
 
 
 @dataclass(frozen=True)
@@ -56,13 +64,15 @@ class MatchSupport:
     placed: np.ndarray  # [N] bool: placed on at least one shot
     layout: np.ndarray  # [N, 2] input px: the layout the fit moves (the shot with the most placed keypoints)
     layout_visible: np.ndarray  # [N] bool: placed on that shot
+    fine_descriptors: torch.Tensor | None = None  # [N, R, D'] the same with the stride-4 level (None: not refined)
 
     @property
     def num_keypoints(self) -> int:
         return self.descriptors.shape[0]
 
     def to(self, device: torch.device | str) -> MatchSupport:
-        return MatchSupport(self.descriptors.to(device), self.placed, self.layout, self.layout_visible)
+        fine = self.fine_descriptors.to(device) if self.fine_descriptors is not None else None
+        return MatchSupport(self.descriptors.to(device), self.placed, self.layout, self.layout_visible, fine)
 
 
 @dataclass(frozen=True)
@@ -102,21 +112,28 @@ def match_support(
     rotations: Sequence[float] = (),
 ) -> MatchSupport:
     """The finder's support from the shots `images` `[K, 3, S, S]` (normalised), keypoints `[K, N, 2]` input px and
-    visible `[K, N]`, described upright and rotated by each of `rotations` (degrees, about the image centre)."""
+    visible `[K, N]`, described upright and rotated by each of `rotations` (degrees, about the image centre).
+    `pyramid` gives the backbone levels finest first: the last two make the descriptors, all of them (when there
+    are three) the fine descriptors."""
     s = images.shape[-1]
-    descs = []
+    coarse, fine = [], []
+    weight = visible.to(images)[..., None]
     for angle in (0.0, *rotations):
         turned, xy = rotate_inputs(images, keypoints, angle)
-        desc = sample_at(hypercolumns(pyramid(turned)), xy.to(images), s)  # [K, N, D]
-        weight = visible.to(desc)[..., None]
-        descs.append(F.normalize((desc * weight).sum(0) / weight.sum(0).clamp(min=1.0), dim=-1))
+        levels = pyramid(turned)
+        for out, used in ((coarse, levels[-2:]), (fine, levels if len(levels) > 2 else None)):
+            if used is not None:
+                desc = sample_at(hypercolumns(used), xy.to(images), s)  # [K, N, D]
+                out.append(F.normalize((desc * weight).sum(0) / weight.sum(0).clamp(min=1.0), dim=-1))
     placed = visible.any(0).cpu().numpy()
+    mask = torch.as_tensor(placed, device=images.device)[:, None, None]
     shot = int(visible.sum(1).argmax())
     return MatchSupport(
-        torch.stack(descs, 1) * torch.as_tensor(placed, device=images.device)[:, None, None],
+        torch.stack(coarse, 1) * mask,
         placed,
         keypoints[shot].double().cpu().numpy(),
         visible[shot].cpu().numpy().astype(bool),
+        torch.stack(fine, 1) * mask if fine else None,
     )
 
 
@@ -147,24 +164,31 @@ class KeypointFinder:
         self.input_size = input_size
         self.config = config or FinderConfig()
 
-    def similarity(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Cosine similarity `[B, N, h, w]` of every support keypoint to every cell of the query crops."""
-        columns = hypercolumns(levels)
-        return torch.einsum("nrd,bdhw->bnrhw", self.support.descriptors.to(columns), columns).amax(2)
+    def similarity(self, levels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Cosine similarity `[B, N, h, w]` of every support keypoint to every stride-8 cell of the query crops (from
+        the last two levels), and, with fine descriptors, `[B, N, 2h, 2w]` at stride 4 (from all three)."""
+        maps = [_best_rotation(self.support.descriptors, hypercolumns(levels[-2:]))]
+        if self.support.fine_descriptors is not None:
+            maps.append(_best_rotation(self.support.fine_descriptors, hypercolumns(levels)))
+        return maps
 
     def find(self, levels: Sequence[torch.Tensor]) -> Found:
         """`similarity` then `locate`, for callers that do not split device and host work."""
-        return self.locate(self.similarity(levels).float().cpu().numpy())
+        return self.locate(*(m.float().cpu().numpy() for m in self.similarity(levels)))
 
-    def locate(self, sim: np.ndarray) -> Found:
-        """The host part: layout fit and placement on similarity maps `[B, N, h, w]` (numpy)."""
+    def locate(self, sim: np.ndarray, fine: np.ndarray | None = None) -> Found:
+        """The host part: layout fit and placement on similarity maps `[B, N, h, w]` (numpy), refined on the
+        stride-4 maps `fine` `[B, N, 2h, 2w]` when given."""
         sim = sim.astype(np.float64)
         stride = self.input_size / sim.shape[-1]
-        out = [self._find_one(s, stride) for s in sim]
+        fines = fine.astype(np.float64) if fine is not None else [None] * len(sim)
+        out = [self._find_one(s, f, stride) for s, f in zip(sim, fines, strict=True)]
         return Found(*(np.stack(parts) for parts in zip(*out, strict=True)))
 
     # ------------------------------------------------------------------------------------------------ internals
-    def _find_one(self, sim: np.ndarray, stride: float) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    def _find_one(
+        self, sim: np.ndarray, fine: np.ndarray | None, stride: float
+    ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
         c = self.config
         n, h, w = sim.shape
         placed = self.support.placed
@@ -186,7 +210,11 @@ class KeypointFinder:
         objective = sim - c.layout_weight * d2
         flat = objective.reshape(n, -1).argmax(1)
         py, px = np.divmod(flat, w)
-        xy = _refine(sim, py, px, stride, c.refine_temperature)
+        if fine is None:
+            xy = _refine(sim, py, px, stride, c.refine_temperature)
+        else:
+            fy, fx = _best_in_cell(fine, py, px)
+            xy = _refine(fine, fy, fx, stride / 2, c.refine_temperature)
         picked = sim[np.arange(n), py, px]
         scores = np.clip((picked - c.score_floor) / (c.score_ceiling - c.score_floor), 0.0, 1.0)
         scores = np.where(placed, scores, 0.0)
@@ -276,6 +304,23 @@ def _weighted_affine(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> n
     design = np.concatenate([src, np.ones((len(src), 1))], 1) * sw
     solution, *_ = np.linalg.lstsq(design, dst * sw, rcond=None)  # [3, 2]
     return solution.T
+
+
+def _best_rotation(descriptors: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """`[B, N, h, w]`: each cell's cosine similarity to each keypoint, at the keypoint's best support rotation."""
+    return torch.einsum("nrd,bdhw->bnrhw", descriptors.to(columns), columns).amax(2)
+
+
+def _best_in_cell(fine: np.ndarray, py: np.ndarray, px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per keypoint, the best stride-4 cell `[N]`, `[N]` among the 4 x 4 around the two under stride-8 cell (py, px)
+    (the cell and half of each neighbour)."""
+    n, h, w = fine.shape
+    offsets = np.arange(-1, 3)
+    yy = np.clip(2 * py[:, None] + offsets[None], 0, h - 1)  # [N, 4]
+    xx = np.clip(2 * px[:, None] + offsets[None], 0, w - 1)
+    patch = fine[np.arange(n)[:, None, None], yy[:, :, None], xx[:, None, :]]  # [N, 4, 4]
+    best = patch.reshape(n, -1).argmax(1)
+    return yy[np.arange(n), best // 4], xx[np.arange(n), best % 4]
 
 
 def _refine(sim: np.ndarray, py: np.ndarray, px: np.ndarray, stride: float, temperature: float) -> np.ndarray:

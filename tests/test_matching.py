@@ -75,6 +75,22 @@ def test_refinement_places_a_peak_between_cells() -> None:
     assert abs(found.keypoints[0, 0, 0] - point[0, 0]) < 2.0  # cell centres alone are 4 px off
 
 
+def test_the_stride_4_map_refines_within_the_chosen_cell_only() -> None:
+    """The stride-8 map decides the cell; the stride-4 map moves the point inside it (a quarter cell here) but a
+    stronger stride-4 peak two cells away is not taken."""
+    layout = np.array([[100.0, 100.0], [160.0, 100.0]])
+    coarse = _maps(layout)
+    ys, xs = np.mgrid[0:64, 0:64]
+    cells = np.stack([xs, ys], -1) * 4.0 + 1.5
+    fine = np.full((2, 64, 64), 0.2)
+    for k, target in enumerate(layout + [[2.0, -2.0], [0.0, 0.0]]):
+        fine[k] = np.maximum(fine[k], 0.2 + 0.7 * np.exp(-((cells - target) ** 2).sum(-1) / 4.0**2))
+    fine[0] = np.maximum(fine[0], 0.99 * np.exp(-((cells - [124.0, 100.0]) ** 2).sum(-1) / 4.0**2))  # a decoy
+    found = _finder(layout).locate(coarse[None], fine[None])
+    np.testing.assert_allclose(found.keypoints[0, 0], [102.0, 98.0], atol=1.5)
+    np.testing.assert_allclose(found.keypoints[0, 1], [160.0, 100.0], atol=1.5)
+
+
 def test_low_similarity_everywhere_scores_low() -> None:
     flat = np.full((len(LAYOUT), 32, 32), 0.25)
     found = _finder().locate(flat[None])

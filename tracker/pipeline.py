@@ -100,7 +100,7 @@ class StageTimes:
 class _Submitted:
     frames: list[Frame]
     boxes: list[SquareBox]
-    result: HostResult  # network: (xy_input [B, N, 2], scores [B, N]); finder: (similarity [B, N, h, w],)
+    result: HostResult  # network: (xy_input [B, N, 2], scores [B, N]); finder: its similarity maps
     searching: list[bool]  # per frame: its box is the whole frame (nothing tracked yet, or the track was lost)
 
 
@@ -251,7 +251,7 @@ class Tracker:
         with self.accel.autocast(), torch.no_grad():
             if self.finder is not None:
                 levels = self.model.backbone.pyramid(images, self.finder.config.depth)
-                result = self.accel.download(self.finder.similarity(levels))
+                result = self.accel.download(*self.finder.similarity(levels))
             else:
                 prediction = self.model.predict(images, self.embedding)
                 result = self.accel.download(prediction.keypoints, prediction.scores)
@@ -263,7 +263,7 @@ class Tracker:
         """The host side of a model call: the finder's layout fit on the similarity maps, or the network's output."""
         arrays = result.wait()
         if self.finder is not None:
-            return self.finder.locate(arrays[0])
+            return self.finder.locate(*arrays)
         xy, scores = arrays
         return Found(xy, scores, scores.mean(axis=1), xy)
 
