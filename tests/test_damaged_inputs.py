@@ -101,6 +101,8 @@ def _consistent(out: Path, stem: str) -> int:
         ("batch-float", "not a whole number"),
         ("empty-checkpoint", "not a PyTorch checkpoint"),
         ("negative-webcam", "webcam"),
+        ("newline-in-name", "bad\\nname.png"),
+        ("name-too-long", "File name too long"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(corpus, case: str, words: str) -> None:
@@ -119,6 +121,8 @@ def test_bad_input_is_one_line_and_exit_2(corpus, case: str, words: str) -> None
         "batch-float": [c["clip"], *base, "--batch", "1e9"],
         "empty-checkpoint": [c["clip"], "--support", c["ref"], "--checkpoint", c["empty.pt"], "--out", c["out"]],
         "negative-webcam": ["--webcam", "-1", "--support", c["ref"], "--record", c["out"] / case],
+        "newline-in-name": [c["clip"], "--support", c["out"].parent / "bad\nname.png", "--out", c["out"]],
+        "name-too-long": ["x" * 5000 + ".mp4", *base],
     }[case]
     _refused(_cli(*argv), words)
 

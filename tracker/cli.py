@@ -184,6 +184,8 @@ def _run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             _err(f"{PROG}: {signals.verb} before the first frame")
             return signals.exit_code
+        except OSError as exc:  # a path the system refuses (too long, a loop, no permission): bad input
+            return _fail(_os_error(exc), 2)
         except Exception as exc:  # an input that broke something unforeseen: still one line, no traceback
             return _fail(f"unexpected {type(exc).__name__}: {_first_line(exc)}", 1)
         codes = []
@@ -214,6 +216,8 @@ def _run_job(args: argparse.Namespace, job: _Job, prepared: _Prepared, signals: 
     except KeyboardInterrupt:
         _err(f"{PROG}: {signals.verb} before the first frame")
         return signals.exit_code
+    except OSError as exc:
+        return _fail(prefix + _os_error(exc), 2)
     except Exception as exc:
         return _fail(f"{prefix}unexpected {type(exc).__name__}: {_first_line(exc)}", 1)
     try:
@@ -262,10 +266,11 @@ def _is_terminal(stream: TextIO | None) -> bool:
 
 
 def _err(line: str) -> None:
-    """A line on stderr; a closed or broken stderr loses the line, never the run."""
+    """A line on stderr (a newline inside, from a file name, is shown as `\\n`: one message, one line); a closed or
+    broken stderr loses the line, never the run."""
     try:
         if sys.stderr is not None:
-            print(line, file=sys.stderr, flush=True)
+            print(line.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 
@@ -518,6 +523,14 @@ def _stopped(
 def _fail(message: str, code: int) -> int:
     _err(f"{PROG}: error: {message}")
     return code
+
+
+def _os_error(exc: OSError) -> str:
+    """`<path>: <reason> (check the path)`, a very long path shortened to its ends."""
+    name = str(exc.filename) if exc.filename is not None else "path"
+    if len(name) > 80:
+        name = f"{name[:40]}...{name[-30:]} ({len(name)} characters)"
+    return f"{name}: {exc.strerror or exc} (check the path)"
 
 
 def _first_line(exc: BaseException) -> str:
