@@ -170,3 +170,23 @@ def test_the_finder_is_the_default_only_where_the_backbone_has_a_finer_level(tmp
     with pytest.raises(ValueError, match="finder"):
         TrackerConfig(finder="magic")
     assert SquareBox.letterbox(4, 2) == SquareBox(0.0, -1.0, 4.0)
+
+
+def test_a_keypoint_placed_on_one_shot_only_is_tracked_by_the_finder_and_noted_by_the_network(tmp_path: Path) -> None:
+    """K-shot with a keypoint unplaced on the second image: the finder uses it (ignored on that shot only); the
+    network path, which follows the paper's rule of dropping it everywhere, says so in one warning."""
+    from cape_track.tracker import TrackerWarning
+
+    clip = write_clip(tmp_path, frames=3)
+    first = SupportSet.from_files([write_support(clip, tmp_path / "a", index=0)])
+    second = SupportSet.from_files([write_support(clip, tmp_path / "b", index=2)])
+    visible = np.stack([first.visible[0], second.visible[0]])
+    visible[1, 3] = False
+    support = SupportSet(
+        first.images + second.images, np.concatenate([first.keypoints, second.keypoints]), visible, first.names
+    )
+    model = CapeModel.from_preset("test", input_size=128)
+    tracker = Tracker(model, support, TrackerConfig(smooth=False))
+    assert tracker.finder.support.placed[3]
+    with pytest.warns(TrackerWarning, match=f"{first.names[3]}: not placed on every support image"):
+        Tracker(model, support, TrackerConfig(finder="network"))
