@@ -119,7 +119,10 @@ _PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "brick", "grass", "gravel
 
 
 def _photos() -> list[np.ndarray]:
-    import skimage.data
+    try:
+        import skimage.data
+    except ImportError:
+        raise ValueError("the generated backgrounds need scikit-image (pip install 'cape-track[train]')") from None
 
     out = []
     for name in _PHOTOS:
