@@ -172,10 +172,6 @@ class KeypointFinder:
             maps.append(_best_rotation(self.support.fine_descriptors, hypercolumns(levels)))
         return maps
 
-    def find(self, levels: Sequence[torch.Tensor]) -> Found:
-        """`similarity` then `locate`, for callers that do not split device and host work."""
-        return self.locate(*(m.float().cpu().numpy() for m in self.similarity(levels)))
-
     def locate(self, sim: np.ndarray, fine: np.ndarray | None = None) -> Found:
         """The host part: layout fit and placement on similarity maps `[B, N, h, w]` (numpy), refined on the
         stride-4 maps `fine` `[B, N, 2h, 2w]` when given."""
