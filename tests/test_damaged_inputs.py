@@ -51,10 +51,13 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
+def _command(*args: object) -> list[str]:
+    return [sys.executable, "-m", "cape_track.tracker.cli", *(str(a) for a in args)]
+
+
 def _cli(*args: object, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "cape_track.tracker.cli", *(str(a) for a in args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd, env=env)
+    return subprocess.run(_command(*args), capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd, env=env)
 
 
 def _refused(done: subprocess.CompletedProcess, words: str) -> None:
@@ -146,8 +149,7 @@ def test_a_closed_stdout_pipe_is_not_a_failure(corpus) -> None:
     """`cape-track ... | head -c 0`: the summary line cannot be written, the run and its files are fine."""
     c = corpus
     out = c["out"] / "pipe"
-    command = [sys.executable, "-m", "cape_track.tracker.cli", str(c["clip"]), "--support", str(c["ref"])]
-    command += ["--checkpoint", str(c["checkpoint"]), "--out", str(out)]
+    command = _command(c["clip"], "--support", c["ref"], "--checkpoint", c["checkpoint"], "--out", out)
     reader, writer = os.pipe()
     os.close(reader)  # nobody reads: the first write to stdout is a broken pipe
     done = subprocess.run(command, stdout=writer, stderr=subprocess.PIPE, text=True, timeout=TIMEOUT, cwd=REPO)
@@ -160,8 +162,7 @@ def test_a_closed_stdout_pipe_is_not_a_failure(corpus) -> None:
 def test_a_closed_stderr_still_writes_the_results(corpus) -> None:
     c = corpus
     out = c["out"] / "no-stderr"
-    command = [sys.executable, "-m", "cape_track.tracker.cli", str(c["clip"]), "--support", str(c["ref"])]
-    command += ["--checkpoint", str(c["checkpoint"]), "--out", str(out)]
+    command = _command(c["clip"], "--support", c["ref"], "--checkpoint", c["checkpoint"], "--out", out)
     done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=TIMEOUT, cwd=REPO)
     assert done.returncode == 0
     assert _consistent(out, "clip") == 24
@@ -213,8 +214,7 @@ def test_a_size_limit_ends_the_run_in_one_line_with_the_files_agreeing(corpus) -
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    command = [sys.executable, "-m", "cape_track.tracker.cli", str(clip.path), "--support", str(c["ref"])]
-    command += ["--checkpoint", str(c["checkpoint"]), "--out", str(out), "--batch", "2"]
+    command = _command(clip.path, "--support", c["ref"], "--checkpoint", c["checkpoint"], "--out", out, "--batch", 2)
     done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO, preexec_fn=cap)
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if "error" in line]
