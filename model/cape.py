@@ -189,13 +189,11 @@ class CapeModel(nn.Module):
 
 
 def _decoder_mask(mask: torch.Tensor) -> torch.Tensor:
-    """The decoder's key mask: a sample whose slots are all ignored keeps slot 0, so attention has a key (spec §8)."""
-    all_masked = mask.all(dim=1)
-    if not all_masked.any():
-        return mask
-    mask = mask.clone()
-    mask[all_masked, 0] = False
-    return mask
+    """The decoder's key mask: a sample whose slots are all ignored keeps slot 0, so attention has a key (spec §8).
+
+    Branch-free, so a traced ONNX graph (`model.export`) keeps the rule for every support, not the example's."""
+    first = torch.arange(mask.shape[1], device=mask.device) == 0  # [N]
+    return mask & ~(mask.all(dim=1, keepdim=True) & first)
 
 
 def _check_shape(t: torch.Tensor, name: str, rank: int, shape: tuple[int | None, ...] | None = None) -> torch.Size:

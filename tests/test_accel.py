@@ -148,9 +148,11 @@ def clip_and_support(tmp_path: Path):
 
 
 def _track(accel: Accelerator, clip, support, batch: int = 2, finder: str = "network") -> list:
-    """The network path by default: its model calls are one per batch (the finder's search adds calls)."""
+    """The network path by default, on every frame: its model calls are one per batch (the finder's search adds
+    calls)."""
     torch.manual_seed(0)
-    tracker = Tracker(CapeModel.from_preset("test"), support, TrackerConfig(batch=batch, finder=finder), accel)
+    config = TrackerConfig(batch=batch, finder=finder, keyframe_every=1)
+    tracker = Tracker(CapeModel.from_preset("test"), support, config, accel)
     with VideoFileSource(clip.path) as source:
         return list(tracker.run(source))
 

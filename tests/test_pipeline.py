@@ -58,7 +58,8 @@ def test_run_yields_every_frame_once_in_order(clip, support) -> None:
 
 
 def test_run_is_the_loop_over_step(clip, support) -> None:
-    tracker = Tracker(tiny_model(), support, TrackerConfig(batch=2))
+    """With the network on every frame (`step` runs it on every frame it is given)."""
+    tracker = Tracker(tiny_model(), support, TrackerConfig(batch=2, keyframe_every=1))
     with VideoFileSource(clip.path) as source:
         from_run = list(tracker.run(source))
         state = tracker.init_state(source.fps)

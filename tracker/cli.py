@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import sys
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 # torch, timm, PyAV and OpenCV are imported in `_prepare`, after the arguments are checked: `--help`, `--version` and
 # argument errors answer at once instead of after seconds of imports.
-ACCEL_CHOICES = ("none", "compile", "tensorrt")  # tracker.accel.ACCELS (checked equal by the tests)
+ACCEL_CHOICES = ("auto", "none", "compile", "tensorrt", "onnx")  # tracker.accel.ACCELS (checked equal by the tests)
 MAX_BATCH = 256  # frames per model call: more only exhausts memory
 
 PROG = "cape-track"
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Track the keypoints clicked on support image(s) through a video, an image folder or a webcam.",
         epilog="example: cape-track clip.mp4 --support ref.jpg   (reads ref.json beside ref.jpg); "
-        "cape-track app opens the page",
+        "cape-track app opens the page; cape-track export MODEL.onnx writes an ONNX model",
     )
     p.add_argument(
         "video", nargs="*", help="video files, URLs, folders of images, or folders of videos (each tracked in turn)"
@@ -85,7 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="DIR", help="with --webcam: also write the video and tracks to DIR")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     p.add_argument("--batch", type=_positive_int, default=4, metavar="N", help="frames per model call (default: 4)")
-    p.add_argument("--accel", choices=ACCEL_CHOICES, default="none", help="backbone speed-up (default: none)")
+    p.add_argument(
+        "--accel",
+        choices=ACCEL_CHOICES,
+        default="auto",
+        help="backbone speed-up (default auto: onnx on the CPU when onnxruntime is installed, else none)",
+    )
+    p.add_argument(
+        "--keyframe-every",
+        type=_bounded(int, 1, 1000, "--keyframe-every"),
+        default=4,
+        metavar="K",
+        help="run the network every K frames, optical flow between (earlier when the flow fails); 1 = every frame "
+        "(default: 4)",
+    )
     p.add_argument("--no-smooth", action="store_true", help="report the network's raw keypoints")
     p.add_argument("--offline", action="store_true", help="files only: add a backward smoothing pass")
     p.add_argument("--show", action="store_true", help="show a live window while tracking a file")
@@ -107,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = sys.argv[1:] if argv is None else list(argv)
         if argv[:1] == ["app"]:
             return _app(argv[1:])
+        if argv[:1] == ["export"]:
+            return _onnx_export(argv[1:])
         parser = build_parser()
         if not argv:
             parser.print_usage(sys.stderr)
@@ -127,7 +143,6 @@ APP_OPTIONS = {"browser.gatherUsageStats": "false", "runner.postScriptGC": "fals
 
 def _app(argv: list[str]) -> int:
     """`cape-track app [--host H] [--port P]`: the Streamlit page, bound to 127.0.0.1 unless asked otherwise."""
-    import importlib.util
     import subprocess
 
     p = _Parser(prog=f"{PROG} app", description="Open the cape-track page (Streamlit) in your browser.")
@@ -149,6 +164,73 @@ def _app(argv: list[str]) -> int:
         return subprocess.call(command)
     except KeyboardInterrupt:
         return 130
+
+
+def _onnx_export(argv: list[str]) -> int:
+    """`cape-track export MODEL.onnx`: the network's prediction as an ONNX graph (and, with --support, the support
+    embedding beside it as MODEL.support.npz), checked with onnxruntime when it is installed."""
+    p = _Parser(prog=f"{PROG} export", description="Write the model as ONNX, to run with onnxruntime (no torch).")
+    p.add_argument("output", metavar="MODEL.onnx", help="the ONNX file to write")
+    p.add_argument("--checkpoint", metavar="PATH", help="model checkpoint (default: the embedded model)")
+    p.add_argument("--trust-checkpoint", action="store_true", help="see cape-track --help (this RUNS CODE)")
+    p.add_argument(
+        "--keypoints", type=_bounded(int, 1, 1000, "--keypoints"), metavar="N", help="keypoint count (or --support)"
+    )
+    p.add_argument(
+        "--support", metavar="IMAGE", help="also write its embedding (keypoints from IMAGE's .json) as .support.npz"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace MODEL.onnx (and its .support.npz)")
+    try:
+        args = p.parse_args(argv)
+    except _UsageError as exc:
+        return _fail(f"export: {exc}", 2)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    out = Path(args.output)
+    embedding_path = out.with_suffix(".support.npz")
+    try:
+        if out.suffix.lower() != ".onnx":
+            raise _UsageError(f"{out}: the output must end in .onnx")
+        if args.keypoints is None and args.support is None:
+            raise _UsageError("give --keypoints N or --support IMAGE (the keypoint count is fixed in the graph)")
+        for path in (out, embedding_path) if args.support else (out,):
+            if path.exists() and not args.overwrite:
+                raise SinkError(f"{path}: already exists (pass --overwrite to replace it)")
+        _check_writable(out.parent if str(out.parent) else Path("."))
+        from cape_track.model import CapeModel, SupportSet
+        from cape_track.model.export import export_network, save_embedding
+        from cape_track.tracker.accel import onnx_available
+
+        support = SupportSet.from_files([args.support]) if args.support else None
+        if support is not None and args.keypoints not in (None, support.num_keypoints):
+            raise _UsageError(f"--keypoints {args.keypoints} but {args.support} has {support.num_keypoints}")
+        if importlib.util.find_spec("onnx") is None:
+            raise _UsageError("export needs the onnx package (pip install 'cape-track[onnx]')")
+        model = CapeModel.from_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
+        n = support.num_keypoints if support is not None else args.keypoints
+        export_network(model, out, n)
+        if support is not None:
+            save_embedding(model.encode_support_set(support), embedding_path, support.names)
+    except _UsageError as exc:
+        return _fail(f"export: {exc}", 2)
+    except CapeError as exc:
+        return _fail(str(exc), 2)
+    except OSError as exc:
+        return _fail(_os_error(exc), 2)
+    beside = f" and {embedding_path}" if support is not None else ""
+    checked = ""
+    if onnx_available():
+        from cape_track.model.export import NETWORK_TOLERANCE_PX, check_network
+
+        try:
+            error = check_network(model, out, n)
+        except Exception as exc:  # the runtime refuses the graph: say so, the file is of no use
+            return _fail(f"export: {out} does not run in onnxruntime ({_first_line(exc)})", 1)
+        if not error <= NETWORK_TOLERANCE_PX:
+            return _fail(f"export: {out} differs from torch by {error:.2g} px in onnxruntime", 1)
+        checked = f"; onnxruntime matches torch within {error:.1e} px"
+    _say(f"{PROG}: wrote {out}{beside} ({n} keypoints, {model.input_size} px input){checked}")
+    return 0
 
 
 def run() -> None:
@@ -466,7 +548,9 @@ def _open_job(args: argparse.Namespace, job: _Job, prepared: _Prepared) -> tuple
     if prepared.headless:
         warnings.warn("no display: recording without a window (Ctrl-C stops)", stacklevel=1)
     try:
-        config = TrackerConfig(batch=args.batch, smooth=not args.no_smooth, offline=args.offline)
+        config = TrackerConfig(
+            batch=args.batch, smooth=not args.no_smooth, offline=args.offline, keyframe_every=args.keyframe_every
+        )
         accel = Accelerator.for_device(prepared.device, args.accel)
         tracker = Tracker(prepared.model, prepared.support, config, accel)
     except BaseException:

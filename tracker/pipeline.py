@@ -23,7 +23,7 @@ from cape_track.tracker.accel import Accelerator, HostResult
 from cape_track.tracker.errors import TrackerWarning
 from cape_track.tracker.roi import RoiConfig, follow, support_fraction, whole_frame, zoom_support
 from cape_track.tracker.sinks import Sink, TrackInfo
-from cape_track.tracker.smoothing import KalmanSmoother, SmootherConfig, SmootherState, StepRecord
+from cape_track.tracker.smoothing import KalmanSmoother, Motion, SmootherConfig, SmootherState, StepRecord
 from cape_track.tracker.sources import Frame, Source
 
 Progress = Callable[[int, int | None], None]  # (frames done, frames expected or None)
@@ -45,10 +45,18 @@ class TrackerConfig:
     # so a small object is seen at a working scale; the best-placed layout wins.
     search_tiles: tuple[int, ...] = (2, 3)
     search_every: int = 10  # while lost, the tiled search runs at most once per this many frames (it costs ~20 crops)
+    # Keyframes: the network runs at least every this many frames, and the smoother's optical flow carries the
+    # keypoints in between; earlier where the flow cannot be trusted (`keyframe_reason`). 1 = the network on every
+    # frame (batched). Needs the smoother with flow; without it every frame is a keyframe.
+    keyframe_every: int = 4
+    cut_threshold: float = 0.1  # thumbnail change (`FlowImage.change`) that counts as a scene cut
+    edge_margin: float = 0.02  # a visible keypoint this close to the frame's edge (fraction of its longer side)
 
     def __post_init__(self) -> None:
         if self.finder not in FINDERS:
             raise ValueError(f"finder {self.finder!r} not in {FINDERS}")
+        if self.keyframe_every < 1:
+            raise ValueError(f"keyframe_every must be >= 1, got {self.keyframe_every}")
 
 
 FINDERS = ("auto", "match", "network")
@@ -61,7 +69,8 @@ class FrameResult:
     xy_frame: np.ndarray  # [N, 2] frame px
     scores: np.ndarray  # [N] network confidence in [0, 1]
     visible: np.ndarray  # [N] bool
-    box: SquareBox  # the crop the network saw, frame px
+    box: SquareBox  # the crop the network saw (between keyframes: the one it would have seen), frame px
+    keyframe: bool = True  # the network ran on this frame (False: optical flow carried the keypoints here)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,8 @@ class TrackState:
     visible: np.ndarray | None = None  # [N] bool
     filter: SmootherState | None = None  # None without smoothing
     last_search: int | None = None  # index of the last frame searched with tiles (bounds the cost while lost)
+    last_keyframe: int | None = None  # index of the last frame the network ran on
+    scores: np.ndarray | None = None  # [N] the last keyframe's scores (reported until the next one)
 
 
 @dataclass
@@ -174,7 +185,7 @@ class Tracker:
         self.smoother = KalmanSmoother(self.config.smoother) if self.config.smooth else None
         s = self.model.input_size
         example = normalize_images(torch.zeros(self.config.batch, 3, s, s, dtype=torch.uint8, device=self.accel.device))
-        self.accel.optimize(self.model, example)
+        self.accel.optimize(self.model, example, self.finder.config.depth if self.finder is not None else 1)
         self.times = StageTimes()
 
     @property
@@ -224,7 +235,38 @@ class Tracker:
             self.times.wall = time.perf_counter() - start
 
     # ------------------------------------------------------------------------------------------------ internals
+    @property
+    def keyframing(self) -> bool:
+        """Whether frames between keyframes are carried by optical flow (else the network sees every frame)."""
+        return self.config.keyframe_every > 1 and self.smoother is not None and self.smoother.config.flow
+
     def _track(self, source: Source, keep_records: list[StepRecord] | None) -> Iterator[tuple[Frame, FrameResult]]:
+        if self.keyframing:
+            yield from self._track_keyframes(source, keep_records)
+        else:
+            yield from self._track_batches(source, keep_records)
+
+    def _track_keyframes(
+        self, source: Source, keep_records: list[StepRecord] | None
+    ) -> Iterator[tuple[Frame, FrameResult]]:
+        """Frame by frame: optical flow first, then the network only where `keyframe_reason` asks for it (a
+        keyframe's crop is placed from the flow-carried keypoints, so it needs the frame before it finished)."""
+        state = self.init_state(source.fps)
+        for frame in source:
+            start = time.perf_counter()
+            motion = self.smoother.motion(state.filter, frame.image)
+            self.times.smooth += time.perf_counter() - start
+            if keyframe_reason(self.config, frame, state, motion):
+                results, state, records = self._finish(self._submit([frame], state), state, [motion])
+            else:
+                results, state, records = self._carry(frame, state, motion)
+            if keep_records is not None:
+                keep_records.extend(records)
+            yield frame, results[0]
+
+    def _track_batches(
+        self, source: Source, keep_records: list[StepRecord] | None
+    ) -> Iterator[tuple[Frame, FrameResult]]:
         """Batches in order, with up to `in_flight` batches submitted before the oldest is finished (CUDA overlaps
         copies and compute that way; its crops are placed from keypoints one batch older, moved by velocity)."""
         batch = 1 if source.live else self.config.batch
@@ -335,8 +377,32 @@ class Tracker:
         ahead = frame.index - state.last_index
         return follow(state.xy, state.visible, width, height, self.config.roi, state.velocity, ahead)
 
+    def _carry(
+        self, frame: Frame, state: TrackState, motion: Motion
+    ) -> tuple[list[FrameResult], TrackState, list[StepRecord]]:
+        """A frame between keyframes: the smoother moves the keypoints by the flow alone; the scores are the last
+        keyframe's."""
+        start = time.perf_counter()
+        box = self._box(frame, state)
+        dt = 1.0 if state.last_time is None else max(frame.time - state.last_time, 0.0) * state.fps
+        out = self.smoother.step(state.filter, None, None, scale=box.size, dt=dt, motion=motion)
+        scores = np.where(_inside(out.xy, frame.image.shape), state.scores, 0.0)
+        result = FrameResult(frame.index, frame.time, out.xy, scores, out.visible, box, keyframe=False)
+        state = replace(
+            state,
+            frames_done=state.frames_done + 1,
+            last_index=frame.index,
+            last_time=frame.time,
+            xy=out.xy,
+            velocity=out.state.velocity,
+            visible=out.visible,
+            filter=out.state,
+        )
+        self.times.smooth += time.perf_counter() - start
+        return [result], state, [out.record]
+
     def _finish(
-        self, submitted: _Submitted, state: TrackState
+        self, submitted: _Submitted, state: TrackState, motions: Sequence[Motion] | None = None
     ) -> tuple[list[FrameResult], TrackState, list[StepRecord]]:
         start = time.perf_counter()
         found = self._found(submitted.result)
@@ -349,7 +415,8 @@ class Tracker:
         mid = time.perf_counter()
         s = self.model.input_size
         results, records = [], []
-        for frame, box, xy_in, score in zip(submitted.frames, boxes, xy_input, scores, strict=True):
+        motions = motions if motions is not None else [None] * len(boxes)
+        for frame, box, xy_in, score, motion in zip(submitted.frames, boxes, xy_input, scores, motions, strict=True):
             xy = input_to_frame(xy_in.astype(np.float64), box, s)
             score = np.where(_inside(xy, frame.image.shape), score.astype(np.float64), 0.0)  # never seen outside
             # A prediction that is not finite (a damaged checkpoint, an overflow) is no measurement: score 0, and
@@ -360,7 +427,7 @@ class Tracker:
                 xy, score = np.where(bad[:, None], fallback, xy), np.where(bad, 0.0, score)
             if self.smoother is not None:
                 dt = 1.0 if state.last_time is None else max(frame.time - state.last_time, 0.0) * state.fps
-                out = self.smoother.step(state.filter, xy, score, scale=box.size, dt=dt, image=frame.image)
+                out = self.smoother.step(state.filter, xy, score, box.size, dt, frame.image, motion)
                 xy, visible, velocity, filt = out.xy, out.visible, out.state.velocity, out.state
                 records.append(out.record)
             else:
@@ -375,6 +442,8 @@ class Tracker:
                 velocity=velocity,
                 visible=visible,
                 filter=filt,
+                last_keyframe=frame.index,
+                scores=score,
             )
         self.times.smooth += time.perf_counter() - mid
         return results, state, records
@@ -414,6 +483,35 @@ class Tracker:
                         return
             finally:
                 self.times.decode += again.busy_seconds
+
+
+def keyframe_reason(config: TrackerConfig, frame: Frame, state: TrackState, motion: Motion) -> str:
+    """Why `frame` needs the network ('' when optical flow can carry the keypoints to it): nothing is tracked yet
+    or nothing is visible (searching), `keyframe_every` frames passed, the flow lost a visible keypoint (its
+    forward-backward check failed or it left the frame), a scene cut, or a visible keypoint near the frame's edge
+    (the network must say whether it is still there)."""
+    if state.filter is None or state.last_keyframe is None or state.xy is None or state.visible is None:
+        return "start"
+    followed = state.visible & state.filter.tracked
+    if not followed.any():
+        return "lost"
+    if frame.index - state.last_keyframe >= config.keyframe_every:
+        return "due"
+    moved = motion.displacement[followed]
+    if np.isnan(moved).any():
+        return "flow"
+    if (
+        motion.image is not None
+        and state.filter.flow is not None
+        and motion.image.change(state.filter.flow) > (config.cut_threshold)
+    ):
+        return "cut"
+    height, width = frame.image.shape[:2]
+    margin = config.edge_margin * max(width, height)
+    xy = state.xy[followed] + moved
+    if ((xy < margin) | (xy > np.array([width - 1, height - 1]) - margin)).any():
+        return "edge"
+    return ""
 
 
 def search_tiles(width: int, height: int, divisions: Sequence[int]) -> list[SquareBox]:

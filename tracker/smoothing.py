@@ -71,6 +71,16 @@ class StepRecord:
 
 
 @dataclass(frozen=True)
+class Motion:
+    """A frame's optical flow input: the frame prepared for flow, and where it moved each tracked keypoint."""
+
+    image: FlowImage | None  # None: flow off, or no image
+    displacement: (
+        np.ndarray
+    )  # [N, 2] frame px from the previous frame; NaN: not followed (untracked, lost, checked out)
+
+
+@dataclass(frozen=True)
 class Smoothed:
     state: SmootherState
     xy: np.ndarray  # [N, 2] frame px
@@ -95,49 +105,64 @@ class KalmanSmoother:
             flow=None,
         )
 
+    def motion(self, state: SmootherState, image: np.ndarray | None) -> Motion:
+        """Optical flow of the tracked keypoints from the previous frame to `image` (RGB [H, W, 3]); the tracker
+        asks before deciding whether a frame needs the network (`pipeline.keyframe_reason`)."""
+        flow = FlowImage.from_rgb(image) if (self.config.flow and image is not None) else None
+        displacement = np.full(state.x.shape[:2], np.nan)
+        if flow is not None and state.flow is not None and state.flow.shape == flow.shape and state.tracked.any():
+            tracked = state.tracked
+            displacement[tracked] = optical_flow(state.flow, flow, state.xy[tracked], self.config.flow_max_error)
+        return Motion(flow, displacement)
+
     def step(
         self,
         state: SmootherState,
-        xy: np.ndarray,
-        scores: np.ndarray,
+        xy: np.ndarray | None,
+        scores: np.ndarray | None,
         scale: float,
         dt: float = 1.0,
         image: np.ndarray | None = None,
+        motion: Motion | None = None,
     ) -> Smoothed:
         """Predict to this frame and fuse the network's keypoints `xy` [N, 2] (frame px) scored `scores` [N].
 
         `scale` is the crop side in frame px (noise scales with it), `dt` the frames since the previous step (from
-        timestamps, so variable frame rates are handled), `image` the RGB frame [H, W, 3] for optical flow.
+        timestamps, so variable frame rates are handled), `image` the RGB frame [H, W, 3] for optical flow, or its
+        `motion` already computed. `xy = scores = None` is a frame without a measurement (between keyframes): the
+        flow alone moves the keypoints, and no counter of confident or low-score frames advances.
         """
         c = self.config
-        xy = np.asarray(xy, np.float64)
-        scores = np.asarray(scores, np.float64)
-        flow = FlowImage.from_rgb(image) if (c.flow and image is not None) else None
-        motion = np.full(xy.shape, np.nan)
-        if flow is not None and state.flow is not None and state.flow.shape == flow.shape and state.tracked.any():
-            motion[state.tracked] = optical_flow(state.flow, flow, state.xy[state.tracked], c.flow_max_error)
+        motion = motion if motion is not None else self.motion(state, image)
+        flow, displacement = motion.image, motion.displacement
+        measured = xy is not None and scores is not None
+        xy = np.asarray(xy, np.float64) if measured else state.xy.copy()
+        scores = np.asarray(scores, np.float64) if measured else np.zeros(len(xy))
         # Flow-predicted keypoints get the (small) flow error as process noise, the others the acceleration noise:
         # the filter then follows the precise frame-to-frame flow and the network corrects its drift.
-        q = np.where(np.isnan(motion).any(-1), (c.accel_std * scale) ** 2, (c.flow_std * scale) ** 2)
-        x_prior, p_prior, _ = predict(state.x, state.P, dt, q, motion)
+        lost = np.isnan(displacement).any(-1)
+        q = np.where(lost, (c.accel_std * scale) ** 2, (c.flow_std * scale) ** 2)
+        x_prior, p_prior, _ = predict(state.x, state.P, dt, q, displacement)
 
         r_base = (c.meas_std * scale) ** 2
         r = r_base / np.clip(scores, 0.05, 1.0) ** (2 * c.score_power)  # [N] measurement variance from the score
         confident = scores >= c.min_score
         x, p, accepted = update(x_prior, p_prior, xy, r, confident & state.tracked, c.gate, r_base)
-        rejected = np.where(confident & state.tracked & ~accepted, state.rejected + 1, 0)
-        needed = np.where(np.isnan(motion).any(-1), c.reacquire_after, c.reacquire_after_flow)
+        rejected = (
+            np.where(confident & state.tracked & ~accepted, state.rejected + 1, 0) if measured else state.rejected
+        )
+        needed = np.where(lost, c.reacquire_after, c.reacquire_after_flow)
         fresh = confident & (~state.tracked | (rejected >= needed))
         x[fresh] = np.stack([xy[fresh], np.zeros_like(xy[fresh])], axis=-1)
         p[fresh] = initial_covariance(r[fresh], (c.init_velocity_std * scale) ** 2)
-        rejected[fresh] = 0
+        rejected = np.where(fresh, 0, rejected)
         tracked = state.tracked | fresh
-        low = np.where(confident, 0, state.low + 1)
+        low = np.where(confident, 0, state.low + 1) if measured else state.low
         visible = tracked & (low < c.hide_after)
         x[tracked & ~visible, :, 1] = 0.0  # a hidden keypoint stays where it was last seen instead of drifting
         new = SmootherState(x, p, tracked, low, rejected, flow)
         out_xy = np.where(tracked[:, None], x[:, :, 0], xy)
-        return Smoothed(new, out_xy, visible, StepRecord(x, p, motion, dt, q, fresh | ~tracked))
+        return Smoothed(new, out_xy, visible, StepRecord(x, p, displacement, dt, q, fresh | ~tracked))
 
     def smooth_offline(self, records: list[StepRecord]) -> np.ndarray:
         """Rauch-Tung-Striebel pass over a whole forward run: smoothed positions [T, N, 2] frame px."""
@@ -217,6 +242,7 @@ def update(
 FLOW_MAX_SIDE = 640  # px: optical flow runs on frames downscaled to at most this longer side
 FLOW_WINDOW = (21, 21)  # px, LK window per pyramid level
 FLOW_LEVELS = 3  # pyramid levels above the flow image
+THUMBNAIL = 32  # px, side of the frame thumbnail that scene cuts are judged on
 # (OpenCV 5's Python binding takes images, not prebuilt pyramids, so each LK call builds its own.)
 
 
@@ -228,6 +254,7 @@ class FlowImage:
     shape: tuple[int, int]  # (H, W) of the frame
     factor: float  # flow px per frame px (<= 1: large frames are tracked downscaled)
     gray: np.ndarray  # [h, w] uint8
+    thumbnail: np.ndarray  # [THUMBNAIL, THUMBNAIL] float32 grey in [0, 1]: the whole frame at a glance (cuts)
 
     @classmethod
     def from_rgb(cls, image: np.ndarray) -> FlowImage:
@@ -236,7 +263,13 @@ class FlowImage:
         if factor < 1.0:  # the pyramids dominate the cost (about 8 ms per 720p frame at full size)
             size = (round(gray.shape[1] * factor), round(gray.shape[0] * factor))
             gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-        return cls(image.shape[:2], factor, gray)
+        thumbnail = cv2.resize(gray, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+        return cls(image.shape[:2], factor, gray, thumbnail)
+
+    def change(self, other: FlowImage) -> float:
+        """How different two frames look as a whole, in [0, 1]: the mean absolute difference of the thumbnails.
+        Consecutive frames of one shot differ by ~0.01-0.05 (moving objects, a panning camera), a cut by ~0.1-0.4."""
+        return float(np.abs(self.thumbnail - other.thumbnail).mean())
 
 
 def optical_flow(prev: FlowImage, image: FlowImage, xy: np.ndarray, max_error: float) -> np.ndarray:
