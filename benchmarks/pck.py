@@ -202,13 +202,15 @@ def compare_on_video(
     device: str = "auto",
     batch: int = 4,
     thresholds: Sequence[float] = THRESHOLDS,
+    tracker_only: bool = False,
 ) -> list[Row]:
     """For each support (a 1-shot run each), side by side: the tracker as shipped, its raw output (no smoother), the
     network's own prediction where the finder is the default, nearest-neighbour matching of the backbone's features
     (stride 16, and 8+16) and the support layout fitted on the reference (both on crops cut around the reference:
     an advantage the tracker does not get), and LK optical flow from the support's keypoints when the support is a
     frame of the clip (then that frame is left out of every score). A support that is not a frame of the clip (a
-    photo of another instance) has no LK row."""
+    photo of another instance) has no LK row. The tracker runs as shipped (network on keyframes, flow between) and
+    with the network on every frame; `tracker_only` leaves out everything else."""
     model = CapeModel.from_checkpoint(checkpoint, device=select_device(device))
     images, index = decode_all(video)
     boxes = None
@@ -226,6 +228,13 @@ def compare_on_video(
             start = None  # another instance: no LK baseline, every frame scored
         skip = {int(index[start])} if start is not None else set()
         runs = {"cape-track": track_with_model(model, support, video, TrackerConfig(batch=batch))}
+        runs["cape-track, network every frame (keyframes off)"] = track_with_model(
+            model, support, video, TrackerConfig(batch=batch, keyframe_every=1)
+        )
+        if tracker_only:
+            where = int(index[start]) if start is not None else None
+            rows += [Row(path.name, where, m, pck_of_tracks(t, reference, thresholds, skip)) for m, t in runs.items()]
+            continue
         runs["cape-track raw (no smoother)"] = track_with_model(
             model, support, video, TrackerConfig(batch=batch, smooth=False)
         )
@@ -297,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     t.add_argument("--batch", type=int, default=4, metavar="N", help="frames per model call (default: 4)")
     t.add_argument("--threads", type=int, metavar="T", help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--tracker-only", action="store_true", help="only the tracker's rows (keyframes on and off)")
     t.add_argument("--json", type=Path, metavar="OUT", help="write the table there")
     return p
 
@@ -343,7 +353,15 @@ def _tracks(args: argparse.Namespace) -> dict[str, object]:
     reference = Tracks.load(args.reference)
     rows: list[Row] = []
     if args.support:
-        rows += compare_on_video(args.video, args.support, reference, args.checkpoint, args.device, args.batch)
+        rows += compare_on_video(
+            args.video,
+            args.support,
+            reference,
+            args.checkpoint,
+            args.device,
+            args.batch,
+            tracker_only=args.tracker_only,
+        )
     for path in args.tracks:
         rows.append(Row("-", None, path.name, pck_of_tracks(Tracks.load(path), reference)))
     print(markdown_table(rows))

@@ -76,6 +76,23 @@ def seeded() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+# --- onnx_cache: exported graphs go to a per-run folder, never to the user's ~/.cache ----------------------------
+
+
+@pytest.fixture(autouse=True, scope="session")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    import os
+
+    folder = tmp_path_factory.mktemp("cape-cache")
+    before = os.environ.get("CAPE_TRACK_CACHE")
+    os.environ["CAPE_TRACK_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("CAPE_TRACK_CACHE", None)
+    else:
+        os.environ["CAPE_TRACK_CACHE"] = before
+
+
 # --- generated_mp100: a small dataset in the MP-100 file layout (training tests) --------------------------------
 
 
