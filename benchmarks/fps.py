@@ -1,14 +1,19 @@
-"""Tracker speed, measured in one run on one clip and one model: each stage alone (decode, model, smoother, encode),
-the whole pipeline (throughput and per-frame latency), the cached support against re-encoding it every frame, batch
-sizes and accelerators. The ratios are the targets of DESIGN.md; a table is printed and `--json` keeps the figures.
+"""Tracker speed, measured in one run on one clip and one model: each stage alone (decode, crop + network, the
+tracker with keyframes and flow, writing tracks, encoding) with its throughput and CPU time, the whole pipeline
+with and without the annotated video, today's eager every-frame path, the cached support against re-encoding it,
+keyframes off, thread counts, batch sizes and accelerators (ONNX Runtime against eager for the backbone alone
+too). The CPU limit is what the cores could sustain if the stages shared them perfectly (cores / their CPU
+seconds per frame, each measured alone), and `cpu_efficiency` the pipeline against min(slowest stage, that
+limit): on two cores the old `overlap_ratio` (pipeline / slowest stage) compares with a limit the cores cannot
+reach. A table is printed and `--json` keeps the figures.
 
-    python -m cape_track.benchmarks.fps --video samples/sample.mp4 --support samples/sample.jpg --frames 60 \\
-        --json fps.json
+    python -m cape_track.benchmarks.fps --video samples/sample.mp4 --support samples/sample.jpg --json fps.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -201,20 +206,27 @@ class Decoded:
     frames: list[Frame]
     fps: float  # the clip's nominal rate
     name: str
-    seconds: float  # decode time of `frames`, first frame included
+    seconds: float  # decode time of the clip, first frame included
     cpu: float  # process CPU seconds of it
+    count: int  # frames decoded
 
 
-def decode_stage(video: Path, limit: int | None) -> Decoded:
-    """Decode alone: the source thread fills its queue as fast as it can and the frames are only collected."""
+def decode_stage(video: Path, limit: int | None, keep: bool = True) -> Decoded:
+    """Decode alone: the source thread fills its queue as fast as it can and the frames are only collected, or
+    with `keep=False` only counted (`frames` then holds the first one): the timed rounds, because holding a whole
+    clip costs page faults on fresh memory that the streaming pipeline, which frees its frames, does not pay."""
     cpu0, start = time.process_time(), time.perf_counter()
     source = VideoFileSource(video)
     try:
-        frames = list(islice(source, limit))
+        frames, count = [], 0
+        for frame in islice(source, limit):
+            if keep or not frames:
+                frames.append(frame)
+            count += 1
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
     finally:
         source.close()
-    return Decoded(frames, source.fps, source.name, seconds, cpu)
+    return Decoded(frames, source.fps, source.name, seconds, cpu, count)
 
 
 def make_tracker(
@@ -417,6 +429,7 @@ class Variant:
     batch: int | None = None
     video: bool = True  # also write the annotated video (False: tracks only)
     support_per_call: bool = False
+    threads: int | None = None  # torch and ONNX Runtime threads (None: the CLI's choice, `configure_cpu_threads`)
 
 
 def variants(opts: Options) -> dict[str, Variant]:
@@ -430,6 +443,7 @@ def variants(opts: Options) -> dict[str, Variant]:
         "eager_per_frame_tracks_only": Variant(accel="none", keyframe_every=1, video=False),
         "support_per_frame": Variant(support_per_call=True),
         "keyframes_off": Variant(keyframe_every=1),
+        "threads_all_cores": Variant(threads=os.cpu_count() or 1),  # no core left to the decoder and encoder
     }
     out |= {f"accel_{a}": Variant(accel=a) for a in opts.accels}
     out |= {f"batch{b}": Variant(keyframe_every=1, batch=b) for b in sorted({1, *opts.batches}) if b != opts.batch}
@@ -445,11 +459,14 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
     device = opts.device
     log("decode ...")
     decoded = decode_stage(opts.video, opts.frames)
-    n = len(decoded.frames)
     height, width = decoded.frames[0].image.shape[:2]
     info = TrackInfo(decoded.name, decoded.fps, width, height, opts.support.names, opts.support.skeleton)
 
     def build(v: Variant, smooth: bool = True) -> tuple[Tracker, str]:
+        with torch_threads(v.threads):  # ONNX Runtime's session takes its thread count when it is made
+            return _build(v, smooth)
+
+    def _build(v: Variant, smooth: bool) -> tuple[Tracker, str]:
         model = CapeModel.from_checkpoint(opts.checkpoint, device=device)  # fresh: accelerators patch it in place
         config = TrackerConfig(batch=v.batch or opts.batch, smooth=smooth)
         if v.keyframe_every is not None:
@@ -464,7 +481,7 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
     log(f"building and warming up {len(runs_wanted) + 2} trackers ...")
     model_tracker, _ = build(Variant(), smooth=False)  # crop + network on every frame
     track_tracker, _ = build(Variant())
-    pipelines = {name: (build(v), v.video) for name, v in runs_wanted.items()}
+    pipelines = {name: (build(v), v) for name, v in runs_wanted.items()}
     backbone = None
     if "onnx" in opts.accels:
         depth = track_tracker.finder.config.depth if track_tracker.finder is not None else 1
@@ -477,8 +494,8 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
         out = Path(tmp)
         for r in range(opts.repeat):
             log(f"round {r + 1}/{opts.repeat}: {len(stages)} stages, {len(pipelines)} pipeline runs ...")
-            again = decode_stage(opts.video, opts.frames)
-            stages["decode"] = Stage.timed(n, again.seconds, again.cpu).best(stages["decode"])
+            again = decode_stage(opts.video, opts.frames, keep=False)
+            stages["decode"] = Stage.timed(again.count, again.seconds, again.cpu).best(stages["decode"])
             model, raw = track_stage(model_tracker, decoded, device)
             stages["model"] = model.best(stages["model"])
             track, tracked = track_stage(track_tracker, decoded, device)
@@ -490,11 +507,24 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
             smoother_ms = min(smoother_ms, smoother_stage(decoded.frames, raw))
             smoother_ms_100 = min(smoother_ms_100, smoother_stage(decoded.frames, raw, SMOOTHER_KEYPOINTS))
             kalman_ms_100 = min(kalman_ms_100, smoother_stage(decoded.frames, raw, SMOOTHER_KEYPOINTS, flow=False))
-            for name, ((tracker, note), with_video) in pipelines.items():
-                run = pipeline_run(tracker, opts.video, opts.frames, out, name, device, note, with_video)
+            for name, ((tracker, note), v) in pipelines.items():
+                with torch_threads(v.threads):
+                    run = pipeline_run(tracker, opts.video, opts.frames, out, name, device, note, v.video)
                 if name not in runs or run.fps > runs[name].fps:
                     runs[name] = run
     return report(opts, decoded, stages, runs, (smoother_ms, smoother_ms_100, kalman_ms_100), backbone, track_tracker)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` inside the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cpu_limit(stages: dict[str, Stage], names: Sequence[str], cores: int) -> float:
@@ -538,6 +568,11 @@ def report(
         "vs_eager_per_frame_ratio": {
             "with_video": main.fps / runs["eager_per_frame"].fps,
             "tracks_only": tracks_only.fps / runs["eager_per_frame_tracks_only"].fps,
+        },
+        "threads": {
+            "default": torch.get_num_threads(),
+            "all_cores_fps": runs["threads_all_cores"].fps,
+            "default_vs_all_cores_ratio": main.fps / runs["threads_all_cores"].fps,
         },
         "keyframes": {
             "every": tracker.config.keyframe_every,
@@ -628,7 +663,7 @@ def format_table(report: dict) -> str:
         (f"  without flow ({SMOOTHER_KEYPOINTS} kp)", st["smoother_ms_100kp_without_flow"]),
     ):
         lines.append(f"{name:<34}{1000.0 / ms:>10.1f}{ms:>10.2f}")
-    lat, kf, vs = report["latency_ms"], report["keyframes"], report["vs_eager_per_frame_ratio"]
+    lat, kf, vs, th = report["latency_ms"], report["keyframes"], report["vs_eager_per_frame_ratio"], report["threads"]
     lines += [
         "",
         f"with video         {report['with_video_fps']:6.1f} fps  (latency median {lat['median']:.0f} ms, p95 "
@@ -642,6 +677,8 @@ def format_table(report: dict) -> str:
         f"{tg['cpu_efficiency']} ({report['cpu_efficiency_tracks_only']:.2f} tracks only)",
         f"overlap ratio      {report['overlap_ratio']:6.2f}  pipeline / slowest stage ({st['slowest']}) "
         f"  target >= {tg['overlap_ratio']} (a limit 2 cores cannot reach: see cpu efficiency)",
+        f"threads            {th['default_vs_all_cores_ratio']:6.2f}  {th['default']} torch/ORT thread(s) vs all "
+        f"{report['machine']['cpu_count']} cores ({th['all_cores_fps']:.1f} fps)",
         f"keyframes          {kf['vs_off_ratio']:6.2f}  x fps vs the network on every frame ({100 * kf['share']:.0f} %"
         " of frames were keyframes)",
         f"cached vs naive    {report['cached_vs_naive_ratio']:6.2f}  {report['pipeline_fps']:.1f} fps vs "

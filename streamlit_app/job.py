@@ -93,7 +93,7 @@ class TrackingJob:
         try:
             with open_source(self.video) as source:
                 self._total = source.frame_count
-                tracker = Tracker(model, support, config, Accelerator.for_device(model.device))
+                tracker = Tracker(model, support, config, Accelerator.for_device(model.device, "auto"))
                 results = tracker.run(source, file_sinks(out_dir, stem), self._on_progress)
                 try:
                     for _ in results:

@@ -142,6 +142,7 @@ def test_pck_tracks_command_compares_tracker_and_flow(tmp_path: Path, capsys: py
     methods = [r["method"] for r in rows]
     assert methods == [
         "cape-track",
+        "cape-track, network every frame (keyframes off)",
         "cape-track raw (no smoother)",
         "graph network + smoother (finder off)",
         "NN matching s16 (reference crop)",
@@ -155,6 +156,8 @@ def test_pck_tracks_command_compares_tracker_and_flow(tmp_path: Path, capsys: py
     # The square moves rigidly: its own layout fitted to the reference is exact.
     assert by_method["support layout fitted to the reference (ceiling)"]["pck"]["0.05"] == 1.0
     assert "| LK optical flow |" in capsys.readouterr().out
+    assert pck.main([*argv, "--checkpoint", str(checkpoint), "--tracker-only", "--json", str(out)]) == 0
+    assert [r["method"] for r in json.loads(out.read_text())["rows"]] == methods[:2]
 
 
 def test_pck_dataset_command_reports_the_official_pck(tmp_path: Path, generated_mp100: Path) -> None:

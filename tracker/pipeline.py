@@ -489,7 +489,11 @@ def keyframe_reason(config: TrackerConfig, frame: Frame, state: TrackState, moti
     """Why `frame` needs the network ('' when optical flow can carry the keypoints to it): nothing is tracked yet
     or nothing is visible (searching), `keyframe_every` frames passed, the flow lost a visible keypoint (its
     forward-backward check failed or it left the frame), a scene cut, or a visible keypoint near the frame's edge
-    (the network must say whether it is still there)."""
+    (the network must say whether it is still there).
+
+    Also tried on the development set: a keyframe while the last one's network disagreed with the track (a gated
+    measurement) or scored a visible keypoint low. Mean PCK@0.1 75.2 vs 74.2 without, within the noise of single
+    runs (+-5 per support), and on the `make run` sample it made 124 of 132 frames keyframes: not kept."""
     if state.filter is None or state.last_keyframe is None or state.xy is None or state.visible is None:
         return "start"
     followed = state.visible & state.filter.tracked
