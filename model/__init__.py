@@ -10,7 +10,6 @@ from .lazy import lazy_exports
 # argument errors and light modules such as `errors` do not pay for torch and timm.
 _EXPORTS = {
     "CapeModel": ".cape",
-    "load_official_checkpoint": ".checkpoint",
     "PRESETS": ".config",
     "BackboneConfig": ".config",
     "CapeConfig": ".config",
@@ -34,12 +33,10 @@ __all__ = [
     "SupportEmbedding",
     "SupportFileError",
     "SupportSet",
-    "load_official_checkpoint",
 ]
 
 if TYPE_CHECKING:
     from .cape import CapeModel
-    from .checkpoint import load_official_checkpoint
     from .config import PRESETS, BackboneConfig, CapeConfig
     from .errors import CapeError, CheckpointError, SupportFileError
     from .outputs import Prediction, SupportEmbedding

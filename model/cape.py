@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone
+from .checkpoint import Weights, load_strict, read_checkpoint, read_official, save_checkpoint
 from .config import CapeConfig, get_preset
 from .decoder import GraphDecoder, skeleton_adjacency
 from .encoder import Encoder
@@ -177,15 +178,25 @@ class CapeModel(nn.Module):
         cls, path: str | Path | None = None, device: str | torch.device = "cpu", trust: bool = False
     ) -> CapeModel:
         """Our checkpoint format or the paper's released files; `None` = the embedded default model. Nothing in the
-        file runs unless `trust` (see `model.checkpoint.load_checkpoint`)."""
-        from .checkpoint import load_checkpoint
+        file runs unless `trust` (see `model.checkpoint.read_checkpoint`)."""
+        return cls.from_weights(read_checkpoint(path, trust), device)
 
-        return load_checkpoint(path, device, trust)
+    @classmethod
+    def from_official(
+        cls, path_or_state_dict: str | Path | Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
+    ) -> CapeModel:
+        """A released Pose Anything checkpoint, or an official-layout state dict, loaded strictly."""
+        return cls.from_weights(read_official(path_or_state_dict), device)
+
+    @classmethod
+    def from_weights(cls, weights: Weights, device: str | torch.device = "cpu") -> CapeModel:
+        """The network of `weights`' config, filled strictly, in eval mode on `device`."""
+        model = cls(weights.config)
+        load_strict(model, weights)
+        return model.to(device).eval()
 
     def save(self, path: str | Path, half: bool = False) -> None:
-        from .checkpoint import save_checkpoint
-
-        save_checkpoint(self, path, half=half)
+        save_checkpoint(self.state_dict(), self.config, path, half=half)
 
 
 def _decoder_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -11,14 +11,15 @@ import json
 import pickle
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import safetensors
 import safetensors.torch
 import torch
+from torch import nn
 
-from .cape import CapeModel
 from .config import BackboneConfig, CapeConfig
 from .errors import CheckpointError
 
@@ -143,14 +144,19 @@ def infer_official_config(state_dict: Mapping[str, torch.Tensor]) -> CapeConfig:
     )
 
 
-def load_official_checkpoint(
-    path_or_state_dict: str | Path | Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
-) -> CapeModel:
-    """A released Pose Anything checkpoint (or an official-layout state dict) as a CapeModel in eval mode.
+@dataclass(frozen=True)
+class Weights:
+    """What a checkpoint holds for the network: its configuration and its state dict in our key names. Reading
+    stops here; `CapeModel.from_weights` builds the network (so this module needs no `CapeModel`)."""
 
-    Strict: every tensor of the file is used (except the recomputed SwinV2 buffers and the unused ImageNet
-    classifier), every parameter of the model is filled, every shape matches.
-    """
+    config: CapeConfig
+    state_dict: dict[str, torch.Tensor]
+    source: str  # where they came from, for messages
+
+
+def read_official(path_or_state_dict: str | Path | Mapping[str, torch.Tensor]) -> Weights:
+    """A released Pose Anything checkpoint (or an official-layout state dict): the configuration inferred from the
+    tensor shapes, the keys renamed to ours."""
     if isinstance(path_or_state_dict, (str, Path)):
         ckpt = _read(Path(path_or_state_dict))
         state_dict = ckpt.get("state_dict", ckpt)
@@ -158,30 +164,26 @@ def load_official_checkpoint(
         state_dict = path_or_state_dict
     if not isinstance(state_dict, Mapping) or not state_dict:
         raise CheckpointError("checkpoint: no state_dict found (expected an mmcv checkpoint or a state dict)")
-    model = CapeModel(infer_official_config(state_dict))
-    _load_strict(model, official_to_ours(state_dict), "official checkpoint")
-    return model.to(device).eval()
+    return Weights(infer_official_config(state_dict), official_to_ours(state_dict), "official checkpoint")
 
 
-def save_checkpoint(model: CapeModel, path: str | Path, half: bool = False) -> None:
-    """Our format: one file with the config, so `load_checkpoint` rebuilds the exact network. A `.safetensors` path
+def save_checkpoint(
+    state_dict: Mapping[str, torch.Tensor], config: CapeConfig, path: str | Path, half: bool = False
+) -> None:
+    """Our format: one file with the config, so `read_checkpoint` rebuilds the exact network. A `.safetensors` path
     writes safetensors (the config as JSON metadata: nothing in the file can run code); any other a torch file."""
-    sd = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
+    sd = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in state_dict.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
-        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": json.dumps(model.config.to_dict())}
+        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": json.dumps(config.to_dict())}
         safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata=meta)
         return
-    torch.save(
-        {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(), "state_dict": sd}, path
-    )
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(), "state_dict": sd}, path)
 
 
-def load_checkpoint(
-    path: str | Path | None = None, device: str | torch.device = "cpu", trust: bool = False
-) -> CapeModel:
-    """Our own format or an official file (detected by content), as a CapeModel in eval mode on `device`.
+def read_checkpoint(path: str | Path | None = None, trust: bool = False) -> Weights:
+    """Our own format or an official file (detected by content); `None` = the embedded default model.
 
     Nothing in the file is executed unless `trust` is set: torch files are read with `weights_only=True` and the
     few numpy types the released mmcv checkpoints hold; safetensors files hold tensors and strings only.
@@ -194,7 +196,7 @@ def load_checkpoint(
     ckpt = _read_safetensors(path) if path.suffix == ".safetensors" else _read(path, trust)
     if ckpt.get("format") != FORMAT:
         try:
-            return load_official_checkpoint(ckpt.get("state_dict", ckpt), device)
+            return read_official(ckpt.get("state_dict", ckpt))
         except CheckpointError as e:
             raise CheckpointError(f"{path}: {e}") from None
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
@@ -203,12 +205,10 @@ def load_checkpoint(
         config = CapeConfig.from_dict(ckpt["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid model config ({e})") from None
-    model = CapeModel(config)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     if not all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()):
         raise CheckpointError(f"{path}: holds NaN or infinite weights (a damaged or diverged checkpoint)")
-    _load_strict(model, sd, str(path))
-    return model.to(device).eval()
+    return Weights(config, sd, str(path))
 
 
 def _read(path: Path, trust: bool = False) -> dict:
@@ -260,7 +260,10 @@ def _read_safetensors(path: Path) -> dict:
     return {"format": FORMAT, "format_version": int(meta.get("format_version", 0)), "config": config, "state_dict": sd}
 
 
-def _load_strict(model: CapeModel, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+def load_strict(model: nn.Module, weights: Weights) -> None:
+    """Fill `model` with `weights`: every parameter filled, every tensor used, every shape equal, or one
+    `CheckpointError` naming what does not fit (strict, like the official loader's intent)."""
+    state_dict, source = weights.state_dict, weights.source
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]

@@ -43,7 +43,7 @@ def test_released_layout_loads_strictly(keys: str, depths: tuple[int, ...], inpu
     sd = _released_layout(keys)
     cfg = infer_official_config(sd)
     assert cfg.backbone.depths == depths and cfg.input_size == input_size
-    m = model.load_official_checkpoint(sd)
+    m = model.CapeModel.from_official(sd)
     ours = m.state_dict()
     mapped = official_to_ours(sd)
     # Every tensor of the file is used, except the buffers timm recomputes and the unused ImageNet classifier ...
@@ -64,10 +64,10 @@ def test_unknown_or_missing_key_is_a_clear_error() -> None:
     sd = torch.load(REFERENCE / "vectors" / "state_dict_mini.pt", weights_only=False)
     extra = dict(sd, **{"keypoint_head.something_new.weight": torch.zeros(3)})
     with pytest.raises(CheckpointError, match="1 unexpected"):
-        model.load_official_checkpoint(extra)
+        model.CapeModel.from_official(extra)
     partial = {k: v for k, v in sd.items() if "kpt_branch.2" not in k}
     with pytest.raises(CheckpointError, match="missing"):
-        model.load_official_checkpoint(partial)
+        model.CapeModel.from_official(partial)
 
 
 @needs_reference
@@ -79,8 +79,8 @@ def test_module_prefix_and_prerelease_names_are_accepted() -> None:
         renamed["module." + k2] = v
         if k.startswith("backbone.patch_embed"):
             renamed["module.encoder_query." + k.removeprefix("backbone.")] = v
-    a = model.load_official_checkpoint(sd).state_dict()
-    b = model.load_official_checkpoint(renamed).state_dict()
+    a = model.CapeModel.from_official(sd).state_dict()
+    b = model.CapeModel.from_official(renamed).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -179,7 +179,7 @@ def test_a_file_laid_out_like_the_released_mmcv_checkpoints_loads_safely(tmp_pat
     path = tmp_path / "graph_split1.pth"
     torch.save({"meta": meta, "state_dict": sd, "optimizer": optimizer}, path)
     loaded = model.CapeModel.from_checkpoint(path)
-    expected = model.load_official_checkpoint(sd).state_dict()
+    expected = model.CapeModel.from_official(sd).state_dict()
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in expected.items())
 
 

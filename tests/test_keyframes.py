@@ -12,9 +12,10 @@ import pytest
 from fixtures_media import write_clip, write_support
 
 from cape_track.model import CapeModel, SupportSet
+from cape_track.tracker.frames import Frame
 from cape_track.tracker.pipeline import Tracker, TrackerConfig, TrackState, keyframe_reason
 from cape_track.tracker.smoothing import FlowImage, KalmanSmoother, Motion, SmootherConfig
-from cape_track.tracker.sources import Frame, VideoFileSource
+from cape_track.tracker.sources import VideoFileSource
 
 W, H = 320, 240
 

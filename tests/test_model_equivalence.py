@@ -26,7 +26,7 @@ def vectors() -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def mini() -> model.CapeModel:
-    return model.load_official_checkpoint(VECTORS / "state_dict_mini.pt")
+    return model.CapeModel.from_official(VECTORS / "state_dict_mini.pt")
 
 
 def _capture(m: model.CapeModel) -> tuple[dict, list]:

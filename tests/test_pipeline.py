@@ -18,10 +18,11 @@ from torch import nn
 from cape_track.model import CapeModel, SupportEmbedding, SupportSet
 from cape_track.model.transforms import denormalize_images
 from cape_track.tracker.errors import SourceError
+from cape_track.tracker.frames import Frame
 from cape_track.tracker.pipeline import Tracker, TrackerConfig
 from cape_track.tracker.sinks import Sink, file_sinks, output_paths
 from cape_track.tracker.smoothing import SmootherConfig
-from cape_track.tracker.sources import Frame, VideoFileSource, WebcamSource
+from cape_track.tracker.sources import VideoFileSource, WebcamSource
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "model" / "weights" / "default.safetensors"
 

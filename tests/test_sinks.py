@@ -14,9 +14,8 @@ import pytest
 
 from cape_track.model.transforms import SquareBox
 from cape_track.tracker.errors import SinkError
-from cape_track.tracker.pipeline import FrameResult
-from cape_track.tracker.sinks import CsvSink, JsonSink, TrackInfo, VideoSink, WindowSink, file_sinks, output_paths
-from cape_track.tracker.sources import Frame
+from cape_track.tracker.frames import Frame, FrameResult, TrackInfo
+from cape_track.tracker.sinks import CsvSink, JsonSink, VideoSink, WindowSink, file_sinks, output_paths
 
 NAMES = ("nose", "left_eye", "tail, tip")
 

@@ -15,7 +15,8 @@ import pytest
 from fixtures_media import FakeCapture, write_clip
 
 from cape_track.tracker.errors import SourceError, TrackerWarning
-from cape_track.tracker.sources import Frame, ImageFolderSource, VideoFileSource, WebcamSource, open_source
+from cape_track.tracker.frames import Frame
+from cape_track.tracker.sources import ImageFolderSource, VideoFileSource, WebcamSource, open_source
 
 
 def _wait_until(condition, timeout: float = 10.0) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cape_track.model import CapeModel, load_official_checkpoint
+from cape_track.model import CapeModel
 from cape_track.model.transforms import normalize_images
 from cape_track.training.losses import cape_losses
 
@@ -18,7 +18,7 @@ VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vector
 def mini() -> tuple[CapeModel, dict, dict]:
     if not VECTORS.is_dir():
         pytest.skip("shared/reference/vectors not present")
-    model = load_official_checkpoint(VECTORS / "state_dict_mini.pt")
+    model = CapeModel.from_official(VECTORS / "state_dict_mini.pt")
     inputs = torch.load(VECTORS / "inputs.pt", weights_only=False)
     outputs = torch.load(VECTORS / "outputs_mini.pt", weights_only=False)
     return model, inputs, outputs

@@ -18,7 +18,7 @@ _EXPORTS = {
     "SinkError": ".errors",
     "SourceError": ".errors",
     "TrackerWarning": ".errors",
-    "FrameResult": ".pipeline",
+    "FrameResult": ".frames",
     "StageTimes": ".pipeline",
     "TrackState": ".pipeline",
     "Tracker": ".pipeline",
@@ -27,14 +27,14 @@ _EXPORTS = {
     "CsvSink": ".sinks",
     "JsonSink": ".sinks",
     "Sink": ".sinks",
-    "TrackInfo": ".sinks",
+    "TrackInfo": ".frames",
     "VideoSink": ".sinks",
     "WindowSink": ".sinks",
     "file_sinks": ".sinks",
     "output_paths": ".sinks",
     "KalmanSmoother": ".smoothing",
     "SmootherConfig": ".smoothing",
-    "Frame": ".sources",
+    "Frame": ".frames",
     "ImageFolderSource": ".sources",
     "Source": ".sources",
     "VideoFileSource": ".sources",
@@ -79,11 +79,12 @@ if TYPE_CHECKING:
     from .accel import Accelerator, select_device
     from .drawing import draw_pose, draw_text, keypoint_colors
     from .errors import DeviceError, SinkError, SourceError, TrackerWarning
-    from .pipeline import FrameResult, StageTimes, Tracker, TrackerConfig, TrackState
+    from .frames import Frame, FrameResult, TrackInfo
+    from .pipeline import StageTimes, Tracker, TrackerConfig, TrackState
     from .roi import RoiConfig
-    from .sinks import CsvSink, JsonSink, Sink, TrackInfo, VideoSink, WindowSink, file_sinks, output_paths
+    from .sinks import CsvSink, JsonSink, Sink, VideoSink, WindowSink, file_sinks, output_paths
     from .smoothing import KalmanSmoother, SmootherConfig
-    from .sources import Frame, ImageFolderSource, Source, VideoFileSource, WebcamSource, open_source
+    from .sources import ImageFolderSource, Source, VideoFileSource, WebcamSource, open_source
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

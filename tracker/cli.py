@@ -576,9 +576,14 @@ def _export_list(text: str) -> tuple[str, ...]:
 
 
 def _version() -> str:
-    from cape_track import __version__
+    """The installed distribution's version (what `cape_track.__version__` holds; the package root is above the
+    tracker, so it is not imported from here)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("cape-track")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
 
 
 def _check_writable(out: Path) -> None:

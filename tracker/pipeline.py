@@ -21,10 +21,11 @@ from cape_track.model.matching import FinderConfig, Found, KeypointFinder
 from cape_track.model.transforms import SquareBox, crop_to_input, input_to_frame, normalize_images
 from cape_track.tracker.accel import Accelerator, HostResult
 from cape_track.tracker.errors import TrackerWarning
+from cape_track.tracker.frames import Frame, FrameResult, TrackInfo
 from cape_track.tracker.roi import RoiConfig, follow, support_fraction, whole_frame, zoom_support
-from cape_track.tracker.sinks import Sink, TrackInfo
+from cape_track.tracker.sinks import Sink
 from cape_track.tracker.smoothing import KalmanSmoother, Motion, SmootherConfig, SmootherState, StepRecord
-from cape_track.tracker.sources import Frame, Source
+from cape_track.tracker.sources import Source
 
 Progress = Callable[[int, int | None], None]  # (frames done, frames expected or None)
 
@@ -60,17 +61,6 @@ class TrackerConfig:
 
 
 FINDERS = ("auto", "match", "network")
-
-
-@dataclass(frozen=True)
-class FrameResult:
-    index: int  # frame index in the source
-    time: float  # seconds since the first frame
-    xy_frame: np.ndarray  # [N, 2] frame px
-    scores: np.ndarray  # [N] network confidence in [0, 1]
-    visible: np.ndarray  # [N] bool
-    box: SquareBox  # the crop the network saw (between keyframes: the one it would have seen), frame px
-    keyframe: bool = True  # the network ran on this frame (False: optical flow carried the keypoints here)
 
 
 @dataclass(frozen=True)

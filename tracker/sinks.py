@@ -12,10 +12,9 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import av
 import cv2
@@ -23,24 +22,9 @@ import numpy as np
 
 from cape_track.tracker.drawing import draw_pose, draw_text, keypoint_colors
 from cape_track.tracker.errors import SinkError
-
-if TYPE_CHECKING:
-    from cape_track.tracker.pipeline import FrameResult
-    from cape_track.tracker.sources import Frame
+from cape_track.tracker.frames import Frame, FrameResult, TrackInfo
 
 H264_ENCODERS = ("libx264", "libopenh264", "h264_videotoolbox", "h264_nvenc")  # first one PyAV can open wins
-
-
-@dataclass(frozen=True)
-class TrackInfo:
-    """What a sink needs before the first frame: the header of the tracks file and the video geometry."""
-
-    video: str  # the source as the user named it
-    fps: float  # nominal frame rate
-    width: int
-    height: int
-    names: tuple[str, ...]  # [N] keypoint names
-    skeleton: tuple[tuple[int, int], ...]  # edges between keypoint indices
 
 
 class Sink:

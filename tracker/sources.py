@@ -20,20 +20,12 @@ import cv2
 import numpy as np
 
 from cape_track.tracker.errors import SourceError, TrackerWarning
+from cape_track.tracker.frames import Frame
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FPS = 25.0  # used when a stream does not say (image folders, some containers)
 _JOIN_TIMEOUT_S = 5.0
 _POLL_S = 0.1  # how often a blocked producer or consumer looks at the stop flag
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One decoded frame, in display orientation."""
-
-    index: int  # 0-based position among the frames this source delivered
-    time: float  # seconds since the first frame, from the stream's timestamps (exact for variable frame rate)
-    image: np.ndarray  # [H, W, 3] uint8 RGB
 
 
 class Source:

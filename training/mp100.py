@@ -80,9 +80,6 @@ class Mp100Split:
     def name(self) -> str:
         return self.ann_file.name
 
-    def category_of(self, index: int) -> Category:
-        return self.categories[self.instances[index].category_id]
-
 
 def annotation_file(data_root: str | Path, split: int, subset: str) -> Path:
     """`ROOT/annotations/mp100_split{split}_{subset}.json`, the published layout."""

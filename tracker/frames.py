@@ -1,0 +1,43 @@
+"""The values that flow between the tracker's stages: a decoded `Frame` (sources -> tracker -> sinks), the
+tracker's `FrameResult` for it, and the `TrackInfo` header a sink opens with. They live below every stage so that
+sources, the pipeline and the sinks import them, not each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cape_track.model.transforms import SquareBox
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame, in display orientation."""
+
+    index: int  # 0-based position among the frames this source delivered
+    time: float  # seconds since the first frame, from the stream's timestamps (exact for variable frame rate)
+    image: np.ndarray  # [H, W, 3] uint8 RGB
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    index: int  # frame index in the source
+    time: float  # seconds since the first frame
+    xy_frame: np.ndarray  # [N, 2] frame px
+    scores: np.ndarray  # [N] network confidence in [0, 1]
+    visible: np.ndarray  # [N] bool
+    box: SquareBox  # the crop the network saw (between keyframes: the one it would have seen), frame px
+    keyframe: bool = True  # the network ran on this frame (False: optical flow carried the keypoints here)
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    """What a sink needs before the first frame: the header of the tracks file and the video geometry."""
+
+    video: str  # the source as the user named it
+    fps: float  # nominal frame rate
+    width: int
+    height: int
+    names: tuple[str, ...]  # [N] keypoint names
+    skeleton: tuple[tuple[int, int], ...]  # edges between keypoint indices
