@@ -143,3 +143,8 @@ def test_the_app_launcher_listens_on_loopback_only(venv: Path, tmp_path: Path) -
     finally:
         process.terminate()
         process.wait(timeout=30)
+    # SIGTERM to the launcher ends the server it started too (no orphan keeps the port)
+    deadline = time.monotonic() + 30
+    while _listening(port) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _listening(port) and process.returncode == 143

@@ -160,10 +160,24 @@ def _app(argv: list[str]) -> int:
     options = dict(APP_OPTIONS, **{"server.address": args.host, "server.port": str(args.port)})
     command = [sys.executable, "-m", "streamlit", "run", str(page), *(f"--{k}={v}" for k, v in options.items())]
     _err(f"{PROG}: the page is at http://{args.host}:{args.port} (Ctrl-C stops it)")
+    child = subprocess.Popen(command)
+    received: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:  # SIGTERM / SIGHUP reach only us: pass them on, no orphan server
+        received.append(signum)
+        child.terminate()
+
+    handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
+        code = child.wait()
+    except KeyboardInterrupt:  # the terminal sent Ctrl-C to the server too; make sure it ends
+        child.terminate()
+        child.wait(timeout=30)
         return 130
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return 128 + received[0] if received else code
 
 
 def _onnx_export(argv: list[str]) -> int:
