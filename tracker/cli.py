@@ -166,6 +166,9 @@ def _app(argv: list[str]) -> int:
     def stop(signum: int, frame: object) -> None:  # SIGTERM / SIGHUP reach only us: pass them on, no orphan server
         received.append(signum)
         child.terminate()
+        killer = threading.Timer(10.0, child.kill)  # a server that ignores SIGTERM is killed after 10 s
+        killer.daemon = True
+        killer.start()
 
     handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
