@@ -13,3 +13,7 @@ class SupportFileError(CapeError, ValueError):
 
 class CheckpointError(CapeError, ValueError):
     """A checkpoint file cannot be read or does not fit the network."""
+
+
+class DeviceError(CapeError, RuntimeError):
+    """The requested device does not exist on this machine."""

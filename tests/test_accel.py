@@ -16,8 +16,10 @@ from fixtures_media import write_clip, write_support
 from torch import nn
 
 from cape_track.model import CapeModel, SupportSet
-from cape_track.tracker.accel import Accelerator, CudaAccelerator, select_device
-from cape_track.tracker.errors import DeviceError, TrackerWarning
+from cape_track.model.device import select_device
+from cape_track.model.errors import DeviceError
+from cape_track.tracker.accel import Accelerator, CudaAccelerator
+from cape_track.tracker.errors import TrackerWarning
 from cape_track.tracker.pipeline import Tracker, TrackerConfig
 from cape_track.tracker.sources import VideoFileSource
 

@@ -10,11 +10,11 @@ from cape_track.model.lazy import lazy_exports
 # argument errors and light modules such as `errors` do not pay for torch and timm.
 _EXPORTS = {
     "Accelerator": ".accel",
-    "select_device": ".accel",
+    "select_device": "..model.device",
     "draw_pose": ".drawing",
     "draw_text": ".drawing",
     "keypoint_colors": ".drawing",
-    "DeviceError": ".errors",
+    "DeviceError": "..model.errors",
     "SinkError": ".errors",
     "SourceError": ".errors",
     "TrackerWarning": ".errors",
@@ -76,9 +76,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .accel import Accelerator, select_device
+    from ..model.device import select_device
+    from ..model.errors import DeviceError
+    from .accel import Accelerator
     from .drawing import draw_pose, draw_text, keypoint_colors
-    from .errors import DeviceError, SinkError, SourceError, TrackerWarning
+    from .errors import SinkError, SourceError, TrackerWarning
     from .frames import Frame, FrameResult, TrackInfo
     from .pipeline import StageTimes, Tracker, TrackerConfig, TrackState
     from .roi import RoiConfig

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cape_track.tracker.errors import DeviceError, TrackerWarning
+from cape_track.tracker.errors import TrackerWarning
 
 ACCELS = ("auto", "none", "compile", "tensorrt", "onnx")
 # ONNX Runtime's backbone is checked against eager on its first call: max |onnx - eager| must stay below this
@@ -45,24 +45,6 @@ def cache_dir() -> Path:
     if env := os.environ.get("CAPE_TRACK_CACHE"):
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cape-track"
-
-
-def select_device(spec: str = "auto") -> torch.device:
-    """`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`; a device this machine lacks is a `DeviceError`."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as exc:
-        raise DeviceError(f"device {spec}: unknown (choose auto, cpu or cuda)") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {spec}: CUDA is not available on this machine (use --device cpu or auto)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {spec}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif device.type != "cpu":
-        raise DeviceError(f"device {spec}: unsupported (choose auto, cpu or cuda)")
-    return device
 
 
 def configure_cpu_threads(device: torch.device) -> None:

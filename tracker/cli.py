@@ -521,7 +521,8 @@ def _prepare(args: argparse.Namespace, jobs: list[_Job]) -> _Prepared:
         if not sleap_available():
             raise _UsageError("--export sleap needs sleap-io (pip install 'cape-track[sleap]')")
     from cape_track.model import CapeModel
-    from cape_track.tracker.accel import configure_cpu_threads, select_device
+    from cape_track.model.device import select_device
+    from cape_track.tracker.accel import configure_cpu_threads
     from cape_track.tracker.sinks import WindowSink
 
     device = select_device(args.device)

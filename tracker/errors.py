@@ -13,9 +13,5 @@ class SinkError(CapeError, OSError):
     """An output (folder, video encoder, window) cannot be created or written."""
 
 
-class DeviceError(CapeError, RuntimeError):
-    """The requested device does not exist on this machine."""
-
-
 class TrackerWarning(UserWarning):
     """A degraded path was taken (accelerator unavailable, truncated video); the CLI prints it as a note."""

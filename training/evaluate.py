@@ -23,9 +23,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from cape_track.model import CapeError, CapeModel
+from cape_track.model.device import select_device
 from cape_track.model.transforms import normalize_images
 
-from .config import ConfigError, get_config
+from .config import get_config
 from .episodes import official_test_episodes
 from .metrics import QueryScores
 from .mp100 import Mp100Split, annotation_file, load_split
@@ -168,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         ann_file, image_root, shots, episodes, queries = _resolve(args, parser)
-        device = pick_device(args.device)
+        device = select_device(args.device)
         split = load_split(
             ann_file, image_root, skip_missing_images=args.skip_missing_images, max_keypoints=args.max_keypoints
         )
@@ -224,19 +225,6 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple
     ann = Path(args.ann_file) if args.ann_file else annotation_file(cfg.data_root, cfg.split, args.subset)
     images = Path(args.data_root) if args.data_root else Path(cfg.data_root) / "images"
     return ann, images, cfg.shots, args.episodes or cfg.test_episodes, args.queries or cfg.queries
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` = the first GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available here (use --device cpu)")
-    return device
 
 
 def run() -> None:

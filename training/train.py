@@ -31,11 +31,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cape_track.model import CapeError, CapeModel, CheckpointError
 from cape_track.model.checkpoint import FORMAT, FORMAT_VERSION
 from cape_track.model.config import get_preset
+from cape_track.model.device import select_device
 from cape_track.model.transforms import normalize_images
 
 from .config import ConfigError, TrainConfig, get_config
 from .episodes import check_disjoint, training_episodes
-from .evaluate import TABLE_KEYS, evaluate_split, pick_device
+from .evaluate import TABLE_KEYS, evaluate_split
 from .losses import cape_losses
 from .mp100 import Mp100Split, annotation_file, load_split
 from .pipeline import Augmentation, EpisodeBatch, EpisodeDataset, collate_episodes
@@ -189,7 +190,7 @@ def train(cfg: TrainConfig, device_name: str = "auto", resume: str | None = None
         if device.type == "cuda":
             torch.cuda.set_device(device)
     else:
-        rank, world, device = 0, 1, pick_device(device_name)
+        rank, world, device = 0, 1, select_device(device_name)
     master = rank == 0
     log = RunLog(cfg.run_dir, master)
     torch.manual_seed(cfg.seed)
