@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_data import REFERENCE, VECTORS
 
 from cape_track import model
 from cape_track.model.checkpoint import infer_official_config, official_to_ours
 from cape_track.model.errors import CheckpointError
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="shared/reference not present")
 
 
 def _released_layout(name: str) -> dict[str, torch.Tensor]:
@@ -29,7 +27,6 @@ def _released_layout(name: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-@needs_reference
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("keys", "depths", "input_size"),
@@ -59,9 +56,8 @@ def test_released_layout_loads_strictly(keys: str, depths: tuple[int, ...], inpu
         assert m.backbone(x).shape[-2:] == (input_size // 16, input_size // 16)
 
 
-@needs_reference
 def test_unknown_or_missing_key_is_a_clear_error() -> None:
-    sd = torch.load(REFERENCE / "vectors" / "state_dict_mini.pt", weights_only=False)
+    sd = torch.load(VECTORS / "state_dict_mini.pt", weights_only=True)
     extra = dict(sd, **{"keypoint_head.something_new.weight": torch.zeros(3)})
     with pytest.raises(CheckpointError, match="1 unexpected"):
         model.CapeModel.from_official(extra)
@@ -70,9 +66,8 @@ def test_unknown_or_missing_key_is_a_clear_error() -> None:
         model.CapeModel.from_official(partial)
 
 
-@needs_reference
 def test_module_prefix_and_prerelease_names_are_accepted() -> None:
-    sd = torch.load(REFERENCE / "vectors" / "state_dict_mini.pt", weights_only=False)
+    sd = torch.load(VECTORS / "state_dict_mini.pt", weights_only=True)
     renamed = {}
     for k, v in sd.items():
         k2 = "encoder_sample." + k.removeprefix("backbone.") if k.startswith("backbone.") else k
@@ -156,13 +151,12 @@ def test_trust_is_the_only_way_to_unpickle(tmp_path: Path) -> None:
     assert marker.exists()
 
 
-@needs_reference
 def test_a_file_laid_out_like_the_released_mmcv_checkpoints_loads_safely(tmp_path: Path) -> None:
     """mmcv's `save_checkpoint`: `meta` (versions, time, the config text, epoch/iter, hook messages holding a numpy
     best score), `state_dict` in the official layout, an `optimizer` state. Loads without `trust`."""
     import numpy as np
 
-    sd = torch.load(REFERENCE / "vectors" / "state_dict_mini.pt", weights_only=True)
+    sd = torch.load(VECTORS / "state_dict_mini.pt", weights_only=True)
     meta = {
         "mmcv_version": "1.7.0",
         "time": "Tue Feb 20 10:00:00 2024",

@@ -1,26 +1,23 @@
-"""The re-implementation equals the official code's outputs, stage by stage (shared/reference/vectors)."""
+"""The re-implementation equals the official code's outputs, stage by stage (tests/data/reference/vectors)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from reference_data import VECTORS
 from torch.testing import assert_close
 
 from cape_track import model
 from cape_track.model.transforms import normalize_images
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"
-pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason="shared/reference/vectors not present")
 CASES = ["A_1shot_bs2_pad100", "B_5shot_bs1_pad100", "C_demo_1shot_bs1_nopad"]
 
 
 @pytest.fixture(scope="module")
 def vectors() -> tuple[dict, dict]:
     return (
-        torch.load(VECTORS / "inputs.pt", weights_only=False),
-        torch.load(VECTORS / "outputs_mini.pt", weights_only=False),
+        torch.load(VECTORS / "inputs.pt", weights_only=True),
+        torch.load(VECTORS / "outputs_mini.pt", weights_only=True),
     )
 
 

@@ -7,14 +7,12 @@ import random
 from pathlib import Path
 
 import pytest
+from reference_data import VECTORS
 
 from cape_track.training.episodes import Episode, check_disjoint, official_test_episodes, training_episodes
 from cape_track.training.mp100 import DatasetError, annotation_file, load_split
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"
 
-
-@pytest.mark.skipif(not VECTORS.is_dir(), reason="shared/reference/vectors not present")
 def test_official_test_episodes_match_reference() -> None:
     v = json.loads((VECTORS / "data_pipeline_vectors.json").read_text())["episode_sampling"]
     by_category = {int(k): tuple(objs) for k, objs in v["cat2obj"].items()}

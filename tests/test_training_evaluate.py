@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from reference_data import VECTORS
 
 import cape_track.training.evaluate as evaluate
 from cape_track.model import CapeModel
 from cape_track.training.evaluate import evaluate_split, main
 from cape_track.training.mp100 import annotation_file, load_split
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"
 KEYS = ["PCK@0.05", "PCK@0.1", "PCK@0.15", "PCK@0.2", "PCK@0.25", "mPCK", "NME", "AUC", "EPE"]
 
 
@@ -69,7 +69,6 @@ def test_cape_eval_errors(generated_mp100: Path, checkpoint: Path, tmp_path: Pat
         main(["--checkpoint", str(checkpoint)])  # neither a config nor --data-root/--ann-file
 
 
-@pytest.mark.skipif(not VECTORS.is_dir(), reason="shared/reference/vectors not present")
 def test_official_layout_state_dict_on_reference_dataset(tmp_path: Path) -> None:
     """A plain official-layout state dict (the mini variant) evaluates directly on the reference MP-100 files."""
     ref = VECTORS / "synthetic_mp100"

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from reference_data import VECTORS
 
 from cape_track.model import CapeModel
 from cape_track.model.transforms import normalize_images
 from cape_track.training.losses import cape_losses
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"
-
 
 @pytest.fixture(scope="module")
 def mini() -> tuple[CapeModel, dict, dict]:
-    if not VECTORS.is_dir():
-        pytest.skip("shared/reference/vectors not present")
     model = CapeModel.from_official(VECTORS / "state_dict_mini.pt")
-    inputs = torch.load(VECTORS / "inputs.pt", weights_only=False)
-    outputs = torch.load(VECTORS / "outputs_mini.pt", weights_only=False)
+    inputs = torch.load(VECTORS / "inputs.pt", weights_only=True)
+    outputs = torch.load(VECTORS / "outputs_mini.pt", weights_only=True)
     return model, inputs, outputs
 
 

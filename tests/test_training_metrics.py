@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from reference_data import VECTORS
 
 from cape_track.training.metrics import PCK_THRESHOLDS, QueryScores, auc, mean_error, normalized_distances, pck
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"
 
-
-@pytest.mark.skipif(not VECTORS.is_dir(), reason="shared/reference/vectors not present")
 @pytest.mark.parametrize("case", range(6))
 def test_pck_matches_official_examples(case: int) -> None:
     v = json.loads((VECTORS / "data_pipeline_vectors.json").read_text())["pck"][case]

@@ -8,19 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference_data import VECTORS
 
 from cape_track.training.mp100 import DatasetError, annotation_file, box_center_scale, clean_bbox, load_split
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"
 REFERENCE = VECTORS / "synthetic_mp100"
-needs_vectors = pytest.mark.skipif(not VECTORS.is_dir(), reason="shared/reference/vectors not present")
 
 
 def _vectors() -> dict:
     return json.loads((VECTORS / "data_pipeline_vectors.json").read_text())
 
 
-@needs_vectors
 @pytest.mark.parametrize("case", range(3))
 def test_bbox_clean_center_scale_match_official(case: int) -> None:
     v = _vectors()["bbox_to_center_scale"][case]
@@ -38,7 +36,6 @@ def test_degenerate_box_is_dropped() -> None:
     assert clean_bbox([200, 10, 30, 30], 100, 100) is None  # entirely right of the image
 
 
-@needs_vectors
 def test_reference_dataset_reads_in_official_order() -> None:
     split = load_split(REFERENCE / "annotations" / "mp100_splitX_test.json", REFERENCE / "images")
     raw = json.loads((REFERENCE / "annotations" / "mp100_splitX_test.json").read_text())
@@ -138,7 +135,6 @@ def test_official_silent_filters_are_counted(tmp_path: Path) -> None:
     assert sum(split.skipped.values()) == 5
 
 
-@needs_vectors
 def test_missing_images_report_count_and_category_then_skip(tmp_path: Path) -> None:
     root = tmp_path / "ref"
     shutil.copytree(REFERENCE, root)

@@ -8,21 +8,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from reference_data import VECTORS
 
 from cape_track.model.transforms import affine_from_center_scale, apply_affine
 from cape_track.training.episodes import official_test_episodes, training_episodes
 from cape_track.training.mp100 import Instance, annotation_file, box_center_scale, load_split
 from cape_track.training.pipeline import Augmentation, EpisodeDataset, collate_episodes, crop_instance, input_to_image
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"
-needs_vectors = pytest.mark.skipif(not VECTORS.is_dir(), reason="shared/reference/vectors not present")
-
 
 def _vectors(key: str) -> list[dict]:
     return json.loads((VECTORS / "data_pipeline_vectors.json").read_text())[key]
 
 
-@needs_vectors
 @pytest.mark.parametrize("case", range(3))
 def test_crop_affine_matches_official(case: int) -> None:
     v = _vectors("affine")[case]
@@ -31,7 +28,6 @@ def test_crop_affine_matches_official(case: int) -> None:
     np.testing.assert_allclose(apply_affine(np.array(v["points_src"]), m), v["points_dst"], atol=1e-4)
 
 
-@needs_vectors
 @pytest.mark.parametrize("case", range(2))
 def test_input_to_image_matches_official_transform_preds(case: int) -> None:
     v = _vectors("transform_preds")[case]
