@@ -483,7 +483,7 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
     track_tracker, _ = build(Variant())
     pipelines = {name: (build(v), v) for name, v in runs_wanted.items()}
     backbone = None
-    if "onnx" in opts.accels:
+    if "onnx" in opts.accels and onnx_available():
         depth = track_tracker.finder.config.depth if track_tracker.finder is not None else 1
         backbone = backbone_speed(CapeModel.from_checkpoint(opts.checkpoint), depth, 1, 10 * opts.repeat)
 

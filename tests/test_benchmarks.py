@@ -108,6 +108,7 @@ def test_support_frame_is_found_in_the_clip(tmp_path: Path) -> None:
         locate_support_frame(frames, 255 - load_image(support))
 
 
+@pytest.mark.slow
 def test_fps_runs_end_to_end_and_writes_the_fixed_keys(tmp_path: Path) -> None:
     clip = write_clip(tmp_path, frames=8)
     support = write_support(clip, tmp_path / "support")

@@ -153,3 +153,44 @@ def test_export_command(tmp_path: Path, support_files, capsys: pytest.CaptureFix
         assert main(["export", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_damaged_cached_graph_is_replaced() -> None:
+    model = tiny_model()
+    OnnxBackbone.load(model.backbone, 128, 2)
+    cached = cache_dir() / "onnx" / f"{accel_module._graph_key(model.backbone, 128, 2)}.onnx"
+    cached.write_bytes(b"not a graph")
+    runner = OnnxBackbone.load(model.backbone, 128, 2)  # exported again, checked, and cached again
+    assert runner.depth == 2 and cached.stat().st_size > 1000
+
+
+def test_a_shared_model_is_accelerated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clip = write_clip(tmp_path, frames=4)
+    support = SupportSet.from_files([write_support(clip, tmp_path / "s")])
+    model = tiny_model()
+    Tracker(model, support, TrackerConfig(), Accelerator("cpu", "onnx"))
+    runner = model.backbone.pyramid.__self__
+    monkeypatch.setattr(OnnxBackbone, "load", lambda *a: pytest.fail("loaded again"))
+    Tracker(model, support, TrackerConfig(), Accelerator("cpu", "onnx"))  # the next input of a folder, the page
+    assert model.backbone.pyramid.__self__ is runner
+
+
+def test_export_failures_are_one_line_and_leave_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    checkpoint = tmp_path / "test.pt"
+    tiny_model().save(checkpoint)
+    out = tmp_path / "model.onnx"
+    argv = ["export", str(out), "--checkpoint", str(checkpoint), "--keypoints", "3"]
+    monkeypatch.setattr(export, "check_network", lambda *a: 5.0)  # a graph that disagrees with torch
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "differs from torch by 5 px" in err and len(err.splitlines()) == 1 and not out.exists()
+
+    def refuse(*args: object) -> None:
+        raise RuntimeError("Exporting the operator 'aten::magic' to ONNX opset version 17 is not supported")
+
+    monkeypatch.setattr(export, "export_network", refuse)
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cannot be exported (RuntimeError: Exporting the operator" in err and len(err.splitlines()) == 1

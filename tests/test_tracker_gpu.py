@@ -27,7 +27,7 @@ def clip_and_support(tmp_path: Path):
 
 def _track(accel: Accelerator, clip, support, batch: int = 3) -> list:
     torch.manual_seed(0)
-    tracker = Tracker(CapeModel.from_preset("test"), support, TrackerConfig(batch=batch), accel)
+    tracker = Tracker(CapeModel.from_preset("test"), support, TrackerConfig(batch=batch, keyframe_every=1), accel)
     with VideoFileSource(clip.path) as source:
         return list(tracker.run(source))
 

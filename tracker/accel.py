@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cape_track.model.backbone import Backbone
 from cape_track.tracker.errors import TrackerWarning
 
 ACCELS = ("auto", "none", "compile", "tensorrt", "onnx")
@@ -25,7 +26,7 @@ ONNX_TOLERANCE = 1e-3
 
 
 def resolve_accel(accel: str, device: torch.device | str) -> str:
-    """`auto`: ONNX Runtime on the CPU when it is installed (measured 5x the eager backbone on one thread), else
+    """`auto`: ONNX Runtime on the CPU when it is installed (measured 2.5x the eager backbone on one thread), else
     none; on CUDA none (the streams overlap copies and compute; TensorRT stays opt-in: unverified here)."""
     if accel != "auto":
         return accel
@@ -99,7 +100,10 @@ class Accelerator:
             return model
         backbone = model.backbone
         if self.accel == "onnx":
-            runner = self._onnx(backbone, model.input_size, example, depth)
+            attached = getattr(backbone.__dict__.get("forward"), "__self__", None)
+            if isinstance(attached, OnnxBackbone) and attached.depth >= depth:
+                return model  # a model shared between trackers (many inputs, the page): accelerated already
+            runner = self._onnx(backbone, model.input_size, depth)
             if runner is not None:
                 backbone.forward = runner.forward
                 if depth > 1:
@@ -125,7 +129,7 @@ class Accelerator:
             _note(f"{self.accel} failed ({_first_line(exc)}); running eager")
         return model
 
-    def _onnx(self, backbone: nn.Module, input_size: int, example: torch.Tensor, depth: int) -> OnnxBackbone | None:
+    def _onnx(self, backbone: nn.Module, input_size: int, depth: int) -> OnnxBackbone | None:
         if self.device.type != "cpu":
             _note("onnx runs on the CPU here; running eager on the GPU")
             return None
@@ -134,7 +138,6 @@ class Accelerator:
             return None
         try:
             runner = OnnxBackbone.load(backbone, input_size, depth)
-            runner.check(backbone, example)
         except Exception as exc:  # an exporter or runtime failure, or a graph that disagrees: keep eager
             _note(f"onnx failed ({_first_line(exc)}); running eager")
             return None
@@ -187,16 +190,28 @@ class OnnxBackbone:
 
     @classmethod
     def load(cls, backbone: nn.Module, input_size: int, depth: int) -> OnnxBackbone:
-        import onnxruntime as ort  # lazily: an optional extra
-
+        """The checked graph from the cache, or exported now, checked, and then cached. A cached file that cannot
+        be read or disagrees with eager (damaged, or stale) is replaced, never used."""
         from cape_track.model.export import backbone_onnx
 
         path = cache_dir() / "onnx" / f"{_graph_key(backbone, input_size, depth)}.onnx"
         if path.is_file():
-            data = path.read_bytes()
-        else:
-            data = backbone_onnx(backbone, input_size, depth)
-            _write_atomic(path, data)  # a cache that cannot be written only costs the export next time
+            try:
+                runner = cls.from_bytes(path.read_bytes(), depth)
+                runner.check(backbone, input_size)
+                return runner
+            except Exception:  # noqa: BLE001 - any defect of the cached file means: export it again
+                pass
+        data = backbone_onnx(backbone, input_size, depth)
+        runner = cls.from_bytes(data, depth)
+        runner.check(backbone, input_size)
+        _write_atomic(path, data)  # a cache that cannot be written only costs the export next time
+        return runner
+
+    @classmethod
+    def from_bytes(cls, data: bytes, depth: int) -> OnnxBackbone:
+        import onnxruntime as ort  # lazily: an optional extra
+
         options = ort.SessionOptions()
         # One intra-op thread per torch thread (configure_cpu_threads leaves a core to decode and encode), and no
         # spinning: idle ORT workers busy-wait by default, which takes that core from the other stages.
@@ -218,23 +233,36 @@ class OnnxBackbone:
             raise ValueError(f"the ONNX backbone was exported with {self.depth} levels, {depth} asked")
         return self.levels(images)[-depth:]
 
-    def check(self, backbone: nn.Module, example: torch.Tensor) -> None:
-        """Compare with eager on a fixed random image batch; raises when a level differs beyond ONNX_TOLERANCE."""
+    def check(self, backbone: nn.Module, input_size: int) -> None:
+        """Compare with the eager backbone (its class's methods: an instance may already run an accelerated
+        graph) on fixed random batches of 1 and 3 (the batch axis is dynamic); raises when a level differs by more
+        than ONNX_TOLERANCE of its range."""
         generator = torch.Generator().manual_seed(0)
-        images = torch.rand(example.shape, generator=generator) * 4.0 - 2.0  # about the normalised pixel range
-        with torch.inference_mode():
-            eager = [backbone(images)] if self.depth == 1 else list(backbone.pyramid(images, self.depth))
-        for i, (ours, ref) in enumerate(zip(self.levels(images), eager, strict=True)):
-            error = float((ours - ref).abs().max()) / max(float(ref.abs().max()), 1e-6)
-            if not error <= ONNX_TOLERANCE:
-                raise ValueError(f"level {i} differs from eager by {error:.1e} of its range")
+        for batch in (1, 3):
+            images = torch.rand(batch, 3, input_size, input_size, generator=generator) * 4.0 - 2.0  # ~normalised
+            with torch.inference_mode():
+                if self.depth == 1:
+                    eager = [Backbone.forward(backbone, images)]
+                else:
+                    eager = list(Backbone.pyramid(backbone, images, self.depth))
+            for i, (ours, ref) in enumerate(zip(self.levels(images), eager, strict=True)):
+                error = float((ours - ref).abs().max()) / max(float(ref.abs().max()), 1e-6)
+                if not error <= ONNX_TOLERANCE:
+                    raise ValueError(f"level {i} differs from eager by {error:.1e} of its range (batch {batch})")
 
 
 def _graph_key(backbone: nn.Module, input_size: int, depth: int) -> str:
-    """A hash of everything the exported graph depends on."""
+    """A hash of everything the exported graph depends on: weights, configuration, the adapter's code and the
+    versions of torch, onnx, timm and the opset."""
     import onnx  # the exporter's version changes the graph
+    import timm  # the backbone's code is timm's
 
-    digest = hashlib.sha256(f"{backbone.cfg!r}|{input_size}|{depth}|{torch.__version__}|{onnx.__version__}".encode())
+    from cape_track.model import backbone as backbone_module
+    from cape_track.model.export import OPSET
+
+    versions = f"{torch.__version__}|{onnx.__version__}|{timm.__version__}|{OPSET}"
+    digest = hashlib.sha256(f"{backbone.cfg!r}|{input_size}|{depth}|{versions}".encode())
+    digest.update(Path(backbone_module.__file__).read_bytes())  # our adapter's code, which the graph traces
     for name, tensor in backbone.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -21,7 +21,7 @@ from cape_track.model.errors import CapeError
 from cape_track.tracker.errors import SinkError
 
 if TYPE_CHECKING:
-    from cape_track.model import SupportSet
+    from cape_track.model import CapeModel, SupportSet
     from cape_track.tracker.pipeline import Tracker
     from cape_track.tracker.sinks import Sink
     from cape_track.tracker.sources import Source
@@ -170,12 +170,16 @@ def _app(argv: list[str]) -> int:
         killer.daemon = True
         killer.start()
 
-    handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    forwarded = [sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None]
+    handlers = {sig: signal.signal(sig, stop) for sig in forwarded}
     try:
         code = child.wait()
     except KeyboardInterrupt:  # the terminal sent Ctrl-C to the server too; make sure it ends
         child.terminate()
-        child.wait(timeout=30)
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
         return 130
     finally:
         for sig, handler in handlers.items():
@@ -213,9 +217,8 @@ def _onnx_export(argv: list[str]) -> int:
         for path in (out, embedding_path) if args.support else (out,):
             if path.exists() and not args.overwrite:
                 raise SinkError(f"{path}: already exists (pass --overwrite to replace it)")
-        _check_writable(out.parent if str(out.parent) else Path("."))
+        _check_writable(out.parent)
         from cape_track.model import CapeModel, SupportSet
-        from cape_track.model.export import export_network, save_embedding
         from cape_track.tracker.accel import onnx_available
 
         support = SupportSet.from_files([args.support]) if args.support else None
@@ -224,30 +227,52 @@ def _onnx_export(argv: list[str]) -> int:
         if importlib.util.find_spec("onnx") is None:
             raise _UsageError("export needs the onnx package (pip install 'cape-track[onnx]')")
         model = CapeModel.from_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
-        n = support.num_keypoints if support is not None else args.keypoints
-        export_network(model, out, n)
-        if support is not None:
-            save_embedding(model.encode_support_set(support), embedding_path, support.names)
     except _UsageError as exc:
         return _fail(f"export: {exc}", 2)
     except CapeError as exc:
         return _fail(str(exc), 2)
     except OSError as exc:
         return _fail(_os_error(exc), 2)
+    n = support.num_keypoints if support is not None else args.keypoints
+    try:
+        checked = _write_onnx(model, out, n, support, embedding_path, onnx_available(), args.overwrite)
+    except KeyboardInterrupt:
+        return _fail("export: interrupted (nothing half-written is left)", 130)
+    except (CapeError, OSError) as exc:
+        return _fail(f"export: {_os_error(exc) if isinstance(exc, OSError) else exc}", 1)
+    except Exception as exc:  # the exporter refuses the graph (an operator it cannot express): one line
+        return _fail(f"export: the model cannot be exported ({type(exc).__name__}: {_first_line(exc)})", 1)
     beside = f" and {embedding_path}" if support is not None else ""
-    checked = ""
-    if onnx_available():
-        from cape_track.model.export import NETWORK_TOLERANCE_PX, check_network
-
-        try:
-            error = check_network(model, out, n)
-        except Exception as exc:  # the runtime refuses the graph: say so, the file is of no use
-            return _fail(f"export: {out} does not run in onnxruntime ({_first_line(exc)})", 1)
-        if not error <= NETWORK_TOLERANCE_PX:
-            return _fail(f"export: {out} differs from torch by {error:.2g} px in onnxruntime", 1)
-        checked = f"; onnxruntime matches torch within {error:.1e} px"
     _say(f"{PROG}: wrote {out}{beside} ({n} keypoints, {model.input_size} px input){checked}")
     return 0
+
+
+def _write_onnx(
+    model: CapeModel, out: Path, n: int, support: SupportSet | None, embedding_path: Path, check: bool, replace: bool
+) -> str:
+    """Export, write the embedding, check in onnxruntime (when installed); the files of a failed check are removed.
+    Returns the check's words for the summary line. With `replace` (--overwrite) and no support, an old
+    MODEL.support.npz beside the replaced graph is removed: it may hold another keypoint count."""
+    from cape_track.model.export import NETWORK_TOLERANCE_PX, check_network, export_network, save_embedding
+
+    export_network(model, out, n)
+    if support is not None:
+        save_embedding(model.encode_support_set(support), embedding_path, support.names)
+    elif replace:
+        embedding_path.unlink(missing_ok=True)
+    if not check:
+        return ""
+    try:
+        error = check_network(model, out, n)
+    except Exception as exc:  # noqa: BLE001 - the runtime refuses the graph: the file is of no use
+        problem = f"it does not run in onnxruntime ({_first_line(exc)})"
+    else:
+        if error <= NETWORK_TOLERANCE_PX:
+            return f"; onnxruntime matches torch within {error:.1e} px"
+        problem = f"onnxruntime differs from torch by {error:.2g} px"
+    out.unlink(missing_ok=True)
+    embedding_path.unlink(missing_ok=True)
+    raise SinkError(f"{out}: {problem}; removed")
 
 
 def run() -> None:

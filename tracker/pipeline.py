@@ -110,8 +110,9 @@ class _Submitted:
 class Tracker:
     """Tracks the support's keypoints through a stream. The support embedding is computed here once.
 
-    `model` is moved to the accelerator's device and put in eval mode; `compile`/`tensorrt` (the accelerator's
-    choice) patch its backbone's forward in place.
+    `model` is moved to the accelerator's device and put in eval mode; `compile`/`tensorrt`/`onnx` (the
+    accelerator's choice) patch its backbone's `forward` (and the `pyramid` the finder reads) in place, once per
+    model.
     """
 
     def __init__(
@@ -376,14 +377,16 @@ class Tracker:
         box = self._box(frame, state)
         dt = 1.0 if state.last_time is None else max(frame.time - state.last_time, 0.0) * state.fps
         out = self.smoother.step(state.filter, None, None, scale=box.size, dt=dt, motion=motion)
-        scores = np.where(_inside(out.xy, frame.image.shape), state.scores, 0.0)
-        result = FrameResult(frame.index, frame.time, out.xy, scores, out.visible, box, keyframe=False)
+        # A keypoint the smoother never started has no filtered position: it stays where the last keyframe put it.
+        xy = np.where(out.state.tracked[:, None], out.xy, state.xy)
+        scores = np.where(_inside(xy, frame.image.shape), state.scores, 0.0)
+        result = FrameResult(frame.index, frame.time, xy, scores, out.visible, box, keyframe=False)
         state = replace(
             state,
             frames_done=state.frames_done + 1,
             last_index=frame.index,
             last_time=frame.time,
-            xy=out.xy,
+            xy=xy,
             velocity=out.state.velocity,
             visible=out.visible,
             filter=out.state,
