@@ -323,6 +323,7 @@ class PipelineRun:
     frames: int
     keyframes: int  # frames the network ran on
     latency_ms: np.ndarray  # [T] per frame, from leaving the decode queue to its result
+    cpu_ms: float  # process CPU per frame, all threads: against the stages' sum it shows contention overhead
     note: str = ""  # why a requested accelerator was not used ('' when it was)
 
     def summary(self) -> dict[str, float | int | str]:
@@ -330,6 +331,8 @@ class PipelineRun:
             "fps": self.fps,
             "frames": self.frames,
             "keyframes": self.keyframes,
+            "cpu_ms": self.cpu_ms,
+            "cores_busy": self.cpu_ms * self.fps / 1000.0,
             "latency_ms_median": float(np.median(self.latency_ms)),
             "latency_ms_p95": float(np.percentile(self.latency_ms, 95)),
         }
@@ -351,7 +354,7 @@ def pipeline_run(
     the timing."""
     sinks = file_sinks(out_dir, stem, video=with_video)
     latencies, keyframes = [], 0
-    with Clock(device) as clock:
+    with Timer(device) as clock:
         source = StampedSource(VideoFileSource(video), limit)
         try:
             for result in tracker.run(source, sinks):
@@ -360,7 +363,7 @@ def pipeline_run(
         finally:
             source.close()
     n = len(latencies)
-    return PipelineRun(n / clock.seconds, n, keyframes, 1000.0 * np.array(latencies), note)
+    return PipelineRun(n / clock.seconds, n, keyframes, 1000.0 * np.array(latencies), 1000.0 * clock.cpu / n, note)
 
 
 def available_accels(device: torch.device) -> list[str]:
@@ -664,6 +667,7 @@ def format_table(report: dict) -> str:
     ):
         lines.append(f"{name:<34}{1000.0 / ms:>10.1f}{ms:>10.2f}")
     lat, kf, vs, th = report["latency_ms"], report["keyframes"], report["vs_eager_per_frame_ratio"], report["threads"]
+    main_run = report["runs"]["main"]
     lines += [
         "",
         f"with video         {report['with_video_fps']:6.1f} fps  (latency median {lat['median']:.0f} ms, p95 "
@@ -673,6 +677,8 @@ def format_table(report: dict) -> str:
         f"x{vs['tracks_only']:.2f} the eager per-frame path",
         f"cpu limit          {report['cpu_limit_fps']:6.1f} fps  {report['machine']['cpu_count']} cores / CPU per "
         f"frame of the stages ({report['cpu_limit_fps_tracks_only']:.1f} tracks only)",
+        f"pipeline CPU       {main_run['cpu_ms']:6.2f}  ms per frame ({main_run['cores_busy']:.2f} cores busy) vs "
+        f"{sum(st[f'{k}_cpu_ms'] for k in ('decode', 'track', 'write', 'encode')):.2f} for the stages alone",
         f"cpu efficiency     {report['cpu_efficiency']:6.2f}  pipeline / min(slowest stage, cpu limit)   target >= "
         f"{tg['cpu_efficiency']} ({report['cpu_efficiency_tracks_only']:.2f} tracks only)",
         f"overlap ratio      {report['overlap_ratio']:6.2f}  pipeline / slowest stage ({st['slowest']}) "
