@@ -23,7 +23,8 @@ from cape_track.benchmarks.flow_baseline import track_optical_flow
 from cape_track.benchmarks.matching_baseline import layout_ceiling, nn_matching, object_fraction, reference_boxes
 from cape_track.model import CapeError, CapeModel, SupportSet
 from cape_track.model.support import load_image
-from cape_track.tracker import FrameResult, Tracker, TrackerConfig, open_source, select_device
+from cape_track.tracker import Tracker, TrackerConfig, open_source, select_device
+from cape_track.tracker.tracks import Tracks
 from cape_track.training.evaluate import DEFAULT_EPISODES, DEFAULT_QUERIES, evaluate_split
 from cape_track.training.mp100 import load_split
 
@@ -37,51 +38,6 @@ class BenchmarkError(CapeError, ValueError):
 
 
 # --------------------------------------------------------------------------------------------------- tracks
-@dataclass(frozen=True)
-class Tracks:
-    """Keypoint tracks (the tracks file of DESIGN.md) as arrays."""
-
-    names: tuple[str, ...]  # [N] keypoint names
-    index: np.ndarray  # [T] int frame indices
-    xy: np.ndarray  # [T, N, 2] frame px
-    visible: np.ndarray  # [T, N] bool
-
-    @classmethod
-    def load(cls, path: str | Path) -> Tracks:
-        """Read and check a tracks file (`frames[*].index/keypoints/visible`, top-level `names`)."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise BenchmarkError(f"{path}: cannot read ({exc.strerror or exc}) (check the path)") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BenchmarkError(f"{path}: not a JSON file ({exc}) (give a tracks file)") from exc
-        frames = data.get("frames") if isinstance(data, dict) else None
-        if not isinstance(frames, list) or not frames:
-            raise BenchmarkError(f"{path}: no 'frames' list (not a tracks file, see DESIGN.md)")
-        try:
-            xy = np.array([f["keypoints"] for f in frames], dtype=np.float64)
-            visible = np.array([f.get("visible", [True] * len(f["keypoints"])) for f in frames], dtype=bool)
-            index = np.array([f["index"] for f in frames], dtype=np.int64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BenchmarkError(f"{path}: malformed frame record ({exc!r}) (each needs index and keypoints)") from exc
-        if xy.ndim != 3 or xy.shape[2] != 2 or visible.shape != xy.shape[:2]:
-            raise BenchmarkError(f"{path}: keypoints of shape {xy.shape}, visible {visible.shape} (expected [T, N, 2])")
-        names = tuple(data.get("names") or (f"kp{i}" for i in range(xy.shape[1])))
-        if len(names) != xy.shape[1]:
-            raise BenchmarkError(f"{path}: {len(names)} names for {xy.shape[1]} keypoints (one name per keypoint)")
-        return cls(names, index, xy, visible)
-
-    @classmethod
-    def from_results(cls, results: Sequence[FrameResult], names: Sequence[str]) -> Tracks:
-        return cls(
-            tuple(names),
-            np.array([r.index for r in results], dtype=np.int64),
-            np.stack([r.xy_frame for r in results]),
-            np.stack([r.visible for r in results]),
-        )
-
-
 @dataclass(frozen=True)
 class PckResult:
     pck: dict[float, float]  # threshold -> fraction of reference-visible keypoints within threshold x box size
@@ -350,7 +306,7 @@ def _dataset(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _tracks(args: argparse.Namespace) -> dict[str, object]:
-    reference = Tracks.load(args.reference)
+    reference = Tracks.read(args.reference)
     rows: list[Row] = []
     if args.support:
         rows += compare_on_video(
@@ -363,7 +319,7 @@ def _tracks(args: argparse.Namespace) -> dict[str, object]:
             tracker_only=args.tracker_only,
         )
     for path in args.tracks:
-        rows.append(Row("-", None, path.name, pck_of_tracks(Tracks.load(path), reference)))
+        rows.append(Row("-", None, path.name, pck_of_tracks(Tracks.read(path), reference)))
     print(markdown_table(rows))
     return {
         "reference": str(args.reference),

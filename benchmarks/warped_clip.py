@@ -13,7 +13,6 @@ from a frame three quarters in. Tracker settings are compared here rather than o
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ import cv2
 import numpy as np
 
 from cape_track.model.support import KeypointFile
+from cape_track.tracker.tracks import Tracks
 from cape_track.training.views import VAL_PHOTOS, load_photo, sample_bilinear
 
 NAMES_PREFIX = "p"
@@ -126,15 +126,15 @@ def write_benchmark(out: Path, photo_name: str, seed: int, config: ClipConfig | 
     video = out / "clip.mp4"
     write_video(video, frames, config.fps)
     names = [f"{NAMES_PREFIX}{i}" for i in range(tracks.shape[1])]
-    reference = {
-        "source": f"generated: skimage.data.{photo_name}, seed {seed}",
-        "names": names,
-        "frames": [
-            {"index": t, "keypoints": xy.round(3).tolist(), "visible": [True] * len(xy)} for t, xy in enumerate(tracks)
-        ],
-    }
+    reference = Tracks(
+        tuple(names),
+        np.arange(len(tracks)),
+        tracks,
+        np.ones(tracks.shape[:2], bool),
+        extra={"source": f"generated: skimage.data.{photo_name}, seed {seed}"},
+    )
     paths = {"video": video, "reference": out / "reference.json"}
-    paths["reference"].write_text(json.dumps(reference) + "\n", encoding="utf-8")
+    reference.write(paths["reference"])
     images = decoded(video)
     for t in (0, 3 * config.frames // 4):
         image_path = out / f"support_f{t:03d}.png"

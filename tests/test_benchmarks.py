@@ -12,9 +12,10 @@ from fixtures_media import write_clip, write_support
 
 from cape_track.benchmarks import fps, pck
 from cape_track.benchmarks.flow_baseline import track_optical_flow
-from cape_track.benchmarks.pck import BenchmarkError, Tracks, decode_all, locate_support_frame, pck_of_tracks
+from cape_track.benchmarks.pck import BenchmarkError, decode_all, locate_support_frame, pck_of_tracks
 from cape_track.model import CapeModel
 from cape_track.model.support import load_image
+from cape_track.tracker.tracks import Tracks
 
 NAMES = ("a", "b", "c")
 
@@ -63,23 +64,6 @@ def test_pck_refuses_tracks_of_other_keypoints() -> None:
     other = Tracks(("x", "y", "z"), REFERENCE.index, REFERENCE.xy, REFERENCE.visible)
     with pytest.raises(BenchmarkError, match="reference"):
         pck_of_tracks(other, REFERENCE)
-
-
-def test_tracks_file_round_trip(tmp_path: Path) -> None:
-    data = {
-        "names": list(NAMES),
-        "frames": [
-            {"index": 4, "time": 0.0, "keypoints": [[1, 2], [3, 4], [5, 6]], "visible": [True, False, True]},
-        ],
-    }
-    (tmp_path / "t.json").write_text(json.dumps(data))
-    tracks = Tracks.load(tmp_path / "t.json")
-    assert tracks.names == NAMES and tracks.index.tolist() == [4]
-    np.testing.assert_array_equal(tracks.xy[0], [[1, 2], [3, 4], [5, 6]])
-    assert tracks.visible.tolist() == [[True, False, True]]
-    (tmp_path / "bad.json").write_text(json.dumps({"frames": [{"keypoints": [[1, 2]]}]}))
-    with pytest.raises(BenchmarkError, match="bad.json"):
-        Tracks.load(tmp_path / "bad.json")
 
 
 @pytest.mark.parametrize("start", [0, 12])
@@ -182,7 +166,7 @@ def test_warped_clip_ground_truth_follows_the_content(tmp_path: Path) -> None:
 
     config = ClipConfig(frames=16, size=(240, 180), key_every=8)
     paths = write_benchmark(tmp_path, "coffee", seed=1, config=config)
-    reference = Tracks.load(paths["reference"])
+    reference = Tracks.read(paths["reference"])
     frames, index = decode_all(paths["video"])
     assert len(frames) == 16 and reference.xy.shape[0] == 16
 

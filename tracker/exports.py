@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cape_track.tracker.errors import SinkError
+from cape_track.tracker.tracks import Tracks, TracksFileError
 
 EXPORTS = ("dlc", "sleap", "coco")
 SCORER = "cape-track"  # DeepLabCut's top header level names the model that produced the tracks
@@ -59,35 +60,18 @@ def sleap_available() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------- internals
-class _Tracks:
-    """The tracks file as arrays: names [N], skeleton, index [T], time [T], xy [T, N, 2], scores, visible [T, N]."""
-
-    def __init__(self, data: dict) -> None:
-        frames = data["frames"]
-        n = len(data["names"])
-        self.names = tuple(data["names"])
-        self.skeleton = [tuple(edge) for edge in data.get("skeleton", [])]
-        self.width, self.height, self.fps = data["width"], data["height"], data["fps"]
-        self.video = data.get("video", "")
-        self.index = np.array([f["index"] for f in frames], dtype=np.int64)
-        self.time = np.array([f["time"] for f in frames], dtype=np.float64)
-        self.xy = np.array([f["keypoints"] for f in frames], dtype=np.float64).reshape(len(frames), n, 2)
-        self.scores = np.array([f["scores"] for f in frames], dtype=np.float64).reshape(len(frames), n)
-        self.visible = np.array([f["visible"] for f in frames], dtype=bool).reshape(len(frames), n)
-
-    def hidden_nan(self) -> np.ndarray:
-        """[T, N, 2] with hidden points NaN."""
-        return np.where(self.visible[..., None], self.xy, np.nan)
-
-
-def _load(path: Path) -> _Tracks:
+def _load(path: Path) -> Tracks:
+    """The tracks file cape-track wrote: the exports need every field of it (scores, times, the video geometry)."""
     try:
-        return _Tracks(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SinkError(f"{path}: cannot read the tracks to export ({exc})") from exc
+        tracks = Tracks.read(path)
+    except TracksFileError as exc:
+        raise SinkError(f"cannot read the tracks to export: {exc}") from exc
+    if tracks.scores is None or tracks.time is None or None in (tracks.width, tracks.height, tracks.fps):
+        raise SinkError(f"{path}: not a cape-track tracks file (scores, times or the video size are missing)")
+    return tracks
 
 
-def _write_dlc(t: _Tracks, csv_path: Path, h5_path: Path, video: Path | None = None) -> None:
+def _write_dlc(t: Tracks, csv_path: Path, h5_path: Path, video: Path | None = None) -> None:
     """DeepLabCut's single-animal layout: columns (scorer, bodyparts, coords) with coords x, y, likelihood, one row
     per frame indexed by frame number; the HDF5 file holds the same frame under DeepLabCut's key."""
     import pandas as pd
@@ -104,7 +88,7 @@ def _write_dlc(t: _Tracks, csv_path: Path, h5_path: Path, video: Path | None = N
         raise SinkError(f"{h5_path}: the DeepLabCut HDF5 file needs PyTables (pip install tables); the CSV is written")
 
 
-def _write_coco(t: _Tracks, json_path: Path, _unused: Path | None = None, video: Path | None = None) -> None:
+def _write_coco(t: Tracks, json_path: Path, _unused: Path | None = None, video: Path | None = None) -> None:
     """COCO keypoints: one image per frame, one annotation per frame, v = 2 visible / 0 hidden, 1-indexed skeleton."""
     images, annotations = [], []
     stem = Path(t.video).stem or "video"
@@ -159,7 +143,7 @@ def _write_coco(t: _Tracks, json_path: Path, _unused: Path | None = None, video:
     json_path.write_text(json.dumps(data) + "\n", encoding="utf-8")
 
 
-def _write_sleap(t: _Tracks, slp_path: Path, analysis_path: Path, video: Path | None = None) -> None:
+def _write_sleap(t: Tracks, slp_path: Path, analysis_path: Path, video: Path | None = None) -> None:
     """SLEAP's `.slp` (predicted instances with point scores) and its analysis HDF5, through sleap-io."""
     if not sleap_available():
         raise SinkError(f"{slp_path}: SLEAP export needs sleap-io (pip install 'cape-track[sleap]')")

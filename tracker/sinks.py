@@ -23,6 +23,7 @@ import numpy as np
 from cape_track.tracker.drawing import draw_pose, draw_text, keypoint_colors
 from cape_track.tracker.errors import SinkError
 from cape_track.tracker.frames import Frame, FrameResult, TrackInfo
+from cape_track.tracker.tracks import header, result_record
 
 H264_ENCODERS = ("libx264", "libopenh264", "h264_videotoolbox", "h264_nvenc")  # first one PyAV can open wins
 
@@ -143,27 +144,12 @@ class JsonSink(Sink):
         self._saved = 0  # frames in the file on disk
 
     def open(self, info: TrackInfo) -> None:
-        head = {
-            "video": info.video,
-            "fps": info.fps,
-            "width": info.width,
-            "height": info.height,
-            "names": list(info.names),
-            "skeleton": [list(edge) for edge in info.skeleton],
-        }
-        self._head = (json.dumps(head)[:-1] + ', "frames": [\n').encode()
+        self._head = (json.dumps(header(info))[:-1] + ', "frames": [\n').encode()
         _make_parent(self.path)
         self._rewrite()
 
     def write(self, frame: Frame, result: FrameResult) -> None:
-        record = {
-            "index": result.index,
-            "time": round(result.time, 6),
-            "keypoints": np.round(result.xy_frame, 3).tolist(),
-            "scores": np.round(result.scores, 4).tolist(),
-            "visible": result.visible.tolist(),
-        }
-        self._pending.append(json.dumps(record, allow_nan=False))
+        self._pending.append(json.dumps(result_record(result), allow_nan=False))
         self.frames_written += 1
         if len(self._pending) >= max(self.every, self._saved // 4):
             self._rewrite()
