@@ -141,6 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 APP_OPTIONS = {"browser.gatherUsageStats": "false", "runner.postScriptGC": "false", "server.headless": "true"}
 
 
+def _parse_subcommand(parser: argparse.ArgumentParser, argv: list[str], name: str) -> argparse.Namespace | int:
+    """A subcommand's arguments, or the exit code to return: 2 after a one-line usage error, 0 after --help."""
+    try:
+        return parser.parse_args(argv)
+    except _UsageError as exc:
+        return _fail(f"{name}: {exc}", 2)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
 def _app(argv: list[str]) -> int:
     """`cape-track app [--host H] [--port P]`: the Streamlit page, bound to 127.0.0.1 unless asked otherwise."""
     import subprocess
@@ -148,12 +158,9 @@ def _app(argv: list[str]) -> int:
     p = _Parser(prog=f"{PROG} app", description="Open the cape-track page (Streamlit) in your browser.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
-    try:
-        args = p.parse_args(argv)
-    except _UsageError as exc:
-        return _fail(f"app: {exc}", 2)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args = _parse_subcommand(p, argv, "app")
+    if isinstance(args, int):
+        return args
     if importlib.util.find_spec("streamlit") is None:
         return _fail("app: the page needs Streamlit (pip install 'cape-track[app]')", 2)
     page = Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py"  # repository and wheel alike
@@ -201,12 +208,9 @@ def _onnx_export(argv: list[str]) -> int:
         "--support", metavar="IMAGE", help="also write its embedding (keypoints from IMAGE's .json) as .support.npz"
     )
     p.add_argument("--overwrite", action="store_true", help="replace MODEL.onnx (and its .support.npz)")
-    try:
-        args = p.parse_args(argv)
-    except _UsageError as exc:
-        return _fail(f"export: {exc}", 2)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args = _parse_subcommand(p, argv, "export")
+    if isinstance(args, int):
+        return args
     out = Path(args.output)
     embedding_path = out.with_suffix(".support.npz")
     try:

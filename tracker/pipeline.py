@@ -381,16 +381,7 @@ class Tracker:
         xy = np.where(out.state.tracked[:, None], out.xy, state.xy)
         scores = np.where(_inside(xy, frame.image.shape), state.scores, 0.0)
         result = FrameResult(frame.index, frame.time, xy, scores, out.visible, box, keyframe=False)
-        state = replace(
-            state,
-            frames_done=state.frames_done + 1,
-            last_index=frame.index,
-            last_time=frame.time,
-            xy=xy,
-            velocity=out.state.velocity,
-            visible=out.visible,
-            filter=out.state,
-        )
+        state = _advanced(state, frame, xy, out.state.velocity, out.visible, out.state)
         self.times.smooth += time.perf_counter() - start
         return [result], state, [out.record]
 
@@ -426,18 +417,7 @@ class Tracker:
             else:
                 visible, velocity, filt = score >= self.config.smoother.min_score, None, None
             results.append(FrameResult(frame.index, frame.time, xy, score, visible, box))
-            state = replace(
-                state,
-                frames_done=state.frames_done + 1,
-                last_index=frame.index,
-                last_time=frame.time,
-                xy=xy,
-                velocity=velocity,
-                visible=visible,
-                filter=filt,
-                last_keyframe=frame.index,
-                scores=score,
-            )
+            state = _advanced(state, frame, xy, velocity, visible, filt, last_keyframe=frame.index, scores=score)
         self.times.smooth += time.perf_counter() - mid
         return results, state, records
 
@@ -533,6 +513,29 @@ def _starts(extent: int, side: float) -> list[float]:
 
 def _chunks(items: list[SquareBox], size: int) -> list[list[SquareBox]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _advanced(
+    state: TrackState,
+    frame: Frame,
+    xy: np.ndarray,
+    velocity: np.ndarray | None,
+    visible: np.ndarray,
+    filt: SmootherState | None,
+    **more: object,
+) -> TrackState:
+    """`state` after `frame` was folded in (a keyframe also passes its `last_keyframe` and `scores`)."""
+    return replace(
+        state,
+        frames_done=state.frames_done + 1,
+        last_index=frame.index,
+        last_time=frame.time,
+        xy=xy,
+        velocity=velocity,
+        visible=visible,
+        filter=filt,
+        **more,
+    )
 
 
 def _inside(xy: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
