@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -36,7 +39,7 @@ class Backbone(nn.Module):
             )
             channels = self.body.num_features
             if cfg.weights_file is not None:
-                self.body.load_state_dict(_swinv2_imagenet(cfg.weights_file, self.body), strict=True)
+                load_swinv2_imagenet(self.body, cfg.weights_file)
         else:
             kwargs = dict(cfg.timm_kwargs)
             if cfg.weights_file is not None:
@@ -87,13 +90,32 @@ class Backbone(nn.Module):
         return x
 
 
-def _swinv2_imagenet(path: str, body: SwinTransformerV2) -> dict[str, torch.Tensor]:
-    """Microsoft / SimMIM SwinV2 ImageNet weights (the paper's backbone init, spec §2) in timm's layout."""
+def load_swinv2_imagenet(body: SwinTransformerV2, path: str | Path) -> None:
+    """THE SwinV2 ImageNet initialisation (the paper's, spec §2): Microsoft or SimMIM weights (`encoder.` prefix
+    stripped) converted to timm's layout by timm's own filter, loaded strictly apart from the unused classifier.
+    Read with `weights_only=True`: the file holds tensors, nothing that runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: backbone initialisation file not found (download it as in the Pose Anything README, or set "
+            "backbone_weights=none to start from random weights)"
+        )
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: cannot read backbone weights ({e})") from None
-    sd = sd.get("model", sd)
-    sd = {k.removeprefix("encoder."): v for k, v in sd.items()}  # SimMIM prefix
-    sd = checkpoint_filter_fn(sd, body)
-    return {k: v for k, v in sd.items() if not k.startswith("head.")}
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read backbone weights ({str(e).splitlines()[0][:80]})") from None
+    state = ckpt.get("model", ckpt.get("state_dict", ckpt)) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: no state dict inside (expected a SwinV2 .pth file)")
+    state = {k.removeprefix("encoder."): v for k, v in state.items()}  # SimMIM prefix
+    state = {k: v for k, v in checkpoint_filter_fn(state, body).items() if not k.startswith("head.")}
+    own = body.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    mismatched = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or unexpected or mismatched:
+        example = (missing or unexpected or mismatched)[0]
+        raise CheckpointError(
+            f"{path}: does not fit the SwinV2 backbone ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(mismatched)} mis-shaped keys, e.g. {example})"
+        )
+    body.load_state_dict(state, strict=True)

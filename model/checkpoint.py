@@ -168,18 +168,39 @@ def read_official(path_or_state_dict: str | Path | Mapping[str, torch.Tensor]) -
 
 
 def save_checkpoint(
-    state_dict: Mapping[str, torch.Tensor], config: CapeConfig, path: str | Path, half: bool = False
+    state_dict: Mapping[str, torch.Tensor],
+    config: CapeConfig,
+    path: str | Path,
+    half: bool = False,
+    train: Mapping[str, object] | None = None,
 ) -> None:
     """Our format: one file with the config, so `read_checkpoint` rebuilds the exact network. A `.safetensors` path
-    writes safetensors (the config as JSON metadata: nothing in the file can run code); any other a torch file."""
-    sd = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in state_dict.items()}
+    writes safetensors (the config as JSON metadata: nothing in the file can run code); any other a torch file,
+    which may also hold `train`, the state a training run resumes from (`read_training_checkpoint`). Written
+    through a rename: an interrupted save leaves the previous file."""
+    sd = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu() for k, v in state_dict.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{path.name}.part")
     if path.suffix == ".safetensors":
+        if train is not None:
+            raise ValueError("training state is kept in torch files only (use a .pt path)")
         meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": json.dumps(config.to_dict())}
-        safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata=meta)
-        return
-    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(), "state_dict": sd}, path)
+        safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(part), metadata=meta)
+    else:
+        ckpt = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(), "state_dict": sd}
+        torch.save({**ckpt, "train": dict(train)} if train is not None else ckpt, part)
+    part.replace(path)
+
+
+def read_training_checkpoint(path: str | Path) -> tuple[Weights, dict]:
+    """A checkpoint written during training: its weights and the `train` state to resume from (read like every
+    checkpoint, with `weights_only=True`)."""
+    path = Path(path)
+    ckpt = _read(path)
+    if ckpt.get("format") != FORMAT or "train" not in ckpt:
+        raise CheckpointError(f"{path}: a model-only checkpoint (use init_checkpoint to start from it)")
+    return _our_weights(ckpt, path), ckpt["train"]
 
 
 def read_checkpoint(path: str | Path | None = None, trust: bool = False) -> Weights:
@@ -199,6 +220,10 @@ def read_checkpoint(path: str | Path | None = None, trust: bool = False) -> Weig
             return read_official(ckpt.get("state_dict", ckpt))
         except CheckpointError as e:
             raise CheckpointError(f"{path}: {e}") from None
+    return _our_weights(ckpt, path)
+
+
+def _our_weights(ckpt: dict, path: Path) -> Weights:
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer cape-track (format {ckpt['format_version']}); upgrade")
     try:

@@ -63,8 +63,8 @@ def test_resume_continues_bit_exactly(generated_mp100: Path, tmp_path: Path) -> 
     halves = get_config("synthetic", _settings(generated_mp100, tmp_path / "b", "max_steps=2"))
     train(halves, "cpu")
     train(get_config("synthetic", _settings(generated_mp100, tmp_path / "b", "max_steps=5")), "cpu", resume="auto")
-    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert a["train"]["step"] == b["train"]["step"] == 5
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key, value in a["state_dict"].items():
@@ -121,4 +121,4 @@ def test_torchrun_two_cpu_processes(generated_mp100: Path, tmp_path: Path) -> No
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)["train"]["step"] == 2
+    assert torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["train"]["step"] == 2

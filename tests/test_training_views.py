@@ -123,21 +123,21 @@ def test_recipe_trains_validates_resumes_and_fine_tunes(tmp_path: Path, monkeypa
     rows = list(csv.DictReader((out / "curve.csv").open()))
     assert [int(r["step"]) for r in rows] == [0, 1, 2]
     assert all(0.0 <= float(r["val_pck10"]) <= 1.0 for r in rows)
-    assert torch.load(out / "state.pt", weights_only=False)["step"] == 2
+    assert torch.load(out / "state.pt", weights_only=True)["step"] == 2
     key = "proposal.query_proj.weight"
     assert not torch.equal(seen[0][key], seen[2][key])  # it trained the head ...
     backbone = next(k for k in seen[0] if k.startswith("backbone.") and seen[0][k].is_floating_point())
     assert torch.equal(seen[0][backbone], seen[2][backbone])  # ... and left the backbone frozen
 
     default_recipe.train(out, minutes=5, cfg=dataclasses.replace(cfg, steps=3))  # resumes at step 2
-    assert torch.load(out / "state.pt", weights_only=False)["step"] == 3
+    assert torch.load(out / "state.pt", weights_only=True)["step"] == 3
     assert [int(r["step"]) for r in csv.DictReader((out / "curve.csv").open())] == [0, 1, 2, 3]
 
     exported = tmp_path / "model.pt"
     default_recipe.export(out, exported, cfg)
     seen.clear()
     default_recipe.train(tmp_path / "tuned", minutes=5, cfg=dataclasses.replace(cfg, steps=1), init=exported)
-    trained = torch.load(out / "state.pt", weights_only=False)["model"]
+    trained = torch.load(out / "state.pt", weights_only=True)["model"]
     torch.testing.assert_close(seen[0][key], trained[key], atol=2e-3, rtol=1e-2)  # started from the export (fp16)
 
 

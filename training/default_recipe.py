@@ -208,7 +208,7 @@ def train(out: Path, minutes: float, cfg: RecipeConfig, init: Path | None = None
     step = 0
     state_path = out / "state.pt"
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = state["step"]
@@ -294,7 +294,7 @@ def train(out: Path, minutes: float, cfg: RecipeConfig, init: Path | None = None
 
 def export(out: Path, dest: Path, cfg: RecipeConfig) -> None:
     """Write the trained weights in our checkpoint format, fp16 storage, without the training-only flags."""
-    state = torch.load(out / "state.pt", weights_only=False)
+    state = torch.load(out / "state.pt", weights_only=True)
     preset = get_preset(cfg.preset)
     final = CapeModel(dataclasses.replace(preset, dropout=0.0))
     own = final.state_dict()

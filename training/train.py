@@ -29,7 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cape_track.model import CapeError, CapeModel, CheckpointError
-from cape_track.model.checkpoint import FORMAT, FORMAT_VERSION
+from cape_track.model.backbone import load_swinv2_imagenet
+from cape_track.model.checkpoint import read_training_checkpoint, save_checkpoint
 from cape_track.model.config import get_preset
 from cape_track.model.device import select_device
 from cape_track.model.transforms import normalize_images
@@ -68,34 +69,10 @@ def build_model(cfg: TrainConfig) -> CapeModel:
 
 
 def load_backbone_weights(model: CapeModel, path: str | Path) -> None:
-    """The official initialisation: Microsoft SwinV2 ImageNet or SimMIM weights (`encoder.` prefix stripped) into the
-    backbone, converted to timm's layout by timm's own filter; strict apart from the unused classifier."""
-    from timm.models.swin_transformer_v2 import checkpoint_filter_fn
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path}: backbone initialisation file not found (download it as in the Pose Anything README, or set "
-            "backbone_weights=none to start from random weights)"
-        )
+    """The official initialisation of a SwinV2 backbone (`model.backbone.load_swinv2_imagenet`, the one home)."""
     if model.config.backbone.family != "swinv2":
         raise ConfigError(f"{path}: backbone_weights is for SwinV2 backbones (use imagenet_init for timm ones)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    state = ckpt.get("model", ckpt.get("state_dict", ckpt)) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: no state dict inside (expected a SwinV2 .pth file)")
-    state = {k.removeprefix("encoder."): v for k, v in state.items()}
-    state = {k: v for k, v in checkpoint_filter_fn(state, model.backbone.body).items() if not k.startswith("head.")}
-    own = model.backbone.body.state_dict()
-    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-    mismatched = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
-    if missing or unexpected or mismatched:
-        example = (missing or unexpected or mismatched)[0]
-        raise CheckpointError(
-            f"{path}: does not fit the {model.config.backbone.name} backbone ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected, {len(mismatched)} mis-shaped keys, e.g. {example})"
-        )
-    model.backbone.body.load_state_dict(state, strict=True)
+    load_swinv2_imagenet(model.backbone.body, path)
 
 
 class EpisodeLoss(nn.Module):
@@ -161,23 +138,6 @@ class RunLog:
             self.tb.flush()
 
 
-def save_training_checkpoint(path: Path, model: CapeModel, state: dict) -> None:
-    """Our model format (loadable by `CapeModel.from_checkpoint`) plus a `train` entry to resume from."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "config": model.config.to_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "train": state,
-        },
-        tmp,
-    )
-    tmp.replace(path)
-
-
 def train(cfg: TrainConfig, device_name: str = "auto", resume: str | None = None) -> dict[str, float]:
     """Run (or continue) training as `cfg` says; returns the last validation metrics (empty if none ran)."""
     # ---- processes: torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; otherwise a single process
@@ -223,11 +183,8 @@ def train(cfg: TrainConfig, device_name: str = "auto", resume: str | None = None
     if resume_path is not None and (resume != "auto" or resume_path.exists()):
         if not resume_path.is_file():
             raise CheckpointError(f"{resume_path}: no checkpoint to resume from")
-        ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)
-        if "train" not in ckpt:
-            raise CheckpointError(f"{resume_path}: a model-only checkpoint (use init_checkpoint to start from it)")
-        model.load_state_dict(ckpt["state_dict"])
-        state = ckpt["train"]
+        weights, state = read_training_checkpoint(resume_path)
+        model.load_state_dict(weights.state_dict)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         epoch, step, start_batch, sums = state["epoch"], state["step"], state["batch"], state["sums"]
@@ -254,9 +211,9 @@ def train(cfg: TrainConfig, device_name: str = "auto", resume: str | None = None
             "scaler": scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
         }
-        save_training_checkpoint(path, model, state)
+        save_checkpoint(model.state_dict(), model.config, path, train=state)
         if path.name != "last.pt":
-            save_training_checkpoint(cfg.run_dir / "last.pt", model, state)
+            save_checkpoint(model.state_dict(), model.config, cfg.run_dir / "last.pt", train=state)
 
     log.text(
         f"{cfg.name}: {len(train_split.instances)} train objects in {len(train_split.categories)} categories, "
