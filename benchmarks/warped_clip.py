@@ -24,6 +24,7 @@ import av
 import cv2
 import numpy as np
 
+from cape_track.benchmarks.pck import decode_all
 from cape_track.model.support import KeypointFile
 from cape_track.tracker.tracks import Tracks
 from cape_track.training.views import VAL_PHOTOS, load_photo, sample_bilinear
@@ -112,12 +113,6 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
         container.mux(stream.encode())
 
 
-def decoded(path: Path) -> list[np.ndarray]:
-    """The frames as the tracker will see them (after H.264), so supports are exact clip frames."""
-    with av.open(str(path)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-
-
 def write_benchmark(out: Path, photo_name: str, seed: int, config: ClipConfig | None = None) -> dict[str, Path]:
     """Write clip.mp4, reference.json, support_fNNN.png/.json (frames 0 and 3/4 in) under `out`."""
     config = config or ClipConfig()
@@ -135,7 +130,7 @@ def write_benchmark(out: Path, photo_name: str, seed: int, config: ClipConfig | 
     )
     paths = {"video": video, "reference": out / "reference.json"}
     reference.write(paths["reference"])
-    images = decoded(video)
+    images, _ = decode_all(video)  # the frames as the tracker sees them (after H.264): supports are clip frames
     for t in (0, 3 * config.frames // 4):
         image_path = out / f"support_f{t:03d}.png"
         cv2.imwrite(str(image_path), cv2.cvtColor(images[t], cv2.COLOR_RGB2BGR))

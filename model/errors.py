@@ -17,3 +17,10 @@ class CheckpointError(CapeError, ValueError):
 
 class DeviceError(CapeError, RuntimeError):
     """The requested device does not exist on this machine."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (an OS error's own reason without its errno and path), or its
+    type's name: what a one-line error quotes."""
+    text = (getattr(exc, "strerror", None) or str(exc)).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cape_track.model.backbone import Backbone
+from cape_track.model.errors import first_line
 from cape_track.tracker.errors import TrackerWarning
 
 ACCELS = ("auto", "none", "compile", "tensorrt", "onnx")
@@ -126,7 +127,7 @@ class Accelerator:
         except Exception as exc:  # any compiler failure: warn once and keep the eager path
             backbone.__dict__.pop("forward", None)
             backbone.__dict__.pop("pyramid", None)
-            _note(f"{self.accel} failed ({_first_line(exc)}); running eager")
+            _note(f"{self.accel} failed ({first_line(exc)}); running eager")
         return model
 
     def _onnx(self, backbone: nn.Module, input_size: int, depth: int) -> OnnxBackbone | None:
@@ -139,7 +140,7 @@ class Accelerator:
         try:
             runner = OnnxBackbone.load(backbone, input_size, depth)
         except Exception as exc:  # an exporter or runtime failure, or a graph that disagrees: keep eager
-            _note(f"onnx failed ({_first_line(exc)}); running eager")
+            _note(f"onnx failed ({first_line(exc)}); running eager")
             return None
         return runner
 
@@ -161,7 +162,7 @@ class Accelerator:
         try:
             return torch_tensorrt.compile(backbone, ir="dynamo", inputs=[spec], enabled_precisions=precisions)
         except Exception as exc:  # TensorRT rejects some graphs: fall back rather than fail the run
-            _note(f"tensorrt failed ({_first_line(exc)}); running eager")
+            _note(f"tensorrt failed ({first_line(exc)}); running eager")
             return None
 
     def staging(self, shape: tuple[int, ...]) -> torch.Tensor:
@@ -359,8 +360,3 @@ class CudaAccelerator(Accelerator):
 
 def _note(message: str) -> None:
     warnings.warn(message, TrackerWarning, stacklevel=3)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
-from cape_track.model.errors import CapeError
+from cape_track.model.errors import CapeError, first_line
 from cape_track.tracker.errors import SinkError
 
 if TYPE_CHECKING:
@@ -245,7 +245,7 @@ def _onnx_export(argv: list[str]) -> int:
     except (CapeError, OSError) as exc:
         return _fail(f"export: {_os_error(exc) if isinstance(exc, OSError) else exc}", 1)
     except Exception as exc:  # the exporter refuses the graph (an operator it cannot express): one line
-        return _fail(f"export: the model cannot be exported ({type(exc).__name__}: {_first_line(exc)})", 1)
+        return _fail(f"export: the model cannot be exported ({type(exc).__name__}: {first_line(exc)})", 1)
     beside = f" and {embedding_path}" if support is not None else ""
     _say(f"{PROG}: wrote {out}{beside} ({n} keypoints, {model.input_size} px input){checked}")
     return 0
@@ -269,7 +269,7 @@ def _write_onnx(
     try:
         error = check_network(model, out, n)
     except Exception as exc:  # noqa: BLE001 - the runtime refuses the graph: the file is of no use
-        problem = f"it does not run in onnxruntime ({_first_line(exc)})"
+        problem = f"it does not run in onnxruntime ({first_line(exc)})"
     else:
         if error <= NETWORK_TOLERANCE_PX:
             return f"; onnxruntime matches torch within {error:.1e} px"
@@ -315,7 +315,7 @@ def _run(args: argparse.Namespace) -> int:
         except OSError as exc:  # a path the system refuses (too long, a loop, no permission): bad input
             return _fail(_os_error(exc), 2)
         except Exception as exc:  # an input that broke something unforeseen: still one line, no traceback
-            return _fail(f"unexpected {type(exc).__name__}: {_first_line(exc)}", 1)
+            return _fail(f"unexpected {type(exc).__name__}: {first_line(exc)}", 1)
         codes = []
         for job in jobs:
             if signals.signum is not None:  # a signal that arrived between inputs ends the batch
@@ -347,7 +347,7 @@ def _run_job(args: argparse.Namespace, job: _Job, prepared: _Prepared, signals: 
     except OSError as exc:
         return _fail(prefix + _os_error(exc), 2)
     except Exception as exc:
-        return _fail(f"{prefix}unexpected {type(exc).__name__}: {_first_line(exc)}", 1)
+        return _fail(f"{prefix}unexpected {type(exc).__name__}: {first_line(exc)}", 1)
     try:
         code = _track(tracker, source, sinks, job.out, signals, args.quiet)
     finally:
@@ -374,7 +374,7 @@ def _track(
     except CapeError as exc:
         return _stopped(tracker, out, f"cape-track: error: {exc}", None, progress)
     except Exception as exc:  # a bug or an unforeseen input mid-run: the files done so far are still valid
-        message = f"cape-track: error: unexpected {type(exc).__name__}: {_first_line(exc)}"
+        message = f"cape-track: error: unexpected {type(exc).__name__}: {first_line(exc)}"
         return _stopped(tracker, out, message, None, progress)
     except KeyboardInterrupt:
         return _stopped(tracker, out, "", signals, progress)
@@ -447,7 +447,7 @@ def _export(args: argparse.Namespace, job: _Job, code: int) -> int:
         _err(f"{PROG}: error: {exc}")
         return code or 1
     except (OSError, RuntimeError, ValueError) as exc:  # HDF5 and sleap-io failures (a full disk among them)
-        _err(f"{PROG}: error: {tracks.parent}: export failed ({type(exc).__name__}: {_first_line(exc)})")
+        _err(f"{PROG}: error: {tracks.parent}: export failed ({type(exc).__name__}: {first_line(exc)})")
         return code or 1
     return code
 
@@ -667,11 +667,6 @@ def _os_error(exc: OSError) -> str:
     if len(name) > 80:
         name = f"{name[:40]}...{name[-30:]} ({len(name)} characters)"
     return f"{name}: {exc.strerror or exc} (check the path)"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def _print_note(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:

@@ -19,6 +19,7 @@ import av
 import cv2
 import numpy as np
 
+from cape_track.model.errors import first_line
 from cape_track.tracker.errors import SourceError, TrackerWarning
 from cape_track.tracker.frames import Frame
 
@@ -92,7 +93,7 @@ class _QueuedSource(Source):
             self.close()
             if isinstance(first.exc, SourceError):
                 raise first.exc
-            raise SourceError(f"{self.name}: cannot decode the first frame ({_describe(first.exc)})") from first.exc
+            raise SourceError(f"{self.name}: cannot decode the first frame ({first_line(first.exc)})") from first.exc
         self._first: Frame | None = first
         self.height, self.width = first.image.shape[:2]
 
@@ -152,7 +153,7 @@ class _QueuedSource(Source):
                 if isinstance(item.exc, SourceError):
                     raise item.exc
                 raise SourceError(
-                    f"{self.name}: cannot decode frame {self._delivered} ({_describe(item.exc)}); "
+                    f"{self.name}: cannot decode frame {self._delivered} ({first_line(item.exc)}); "
                     "the file may be corrupt or truncated"
                 ) from item.exc
             self._delivered += 1
@@ -195,7 +196,7 @@ class VideoFileSource(_QueuedSource):
             self._container = av.open(str(self.path), options=options)
         except (av.FFmpegError, UnicodeDecodeError) as exc:
             raise SourceError(
-                f"{path}: not a readable video file ({_describe(exc)}; truncated or not a video?)"
+                f"{path}: not a readable video file ({first_line(exc)}; truncated or not a video?)"
             ) from exc
         if not self._container.streams.video:
             self._container.close()
@@ -361,7 +362,7 @@ class WebcamSource(Source):
                 if sequence <= seen:  # ended with nothing new
                     if self._failure is not None:
                         raise SourceError(
-                            f"webcam {self.index}: reading failed ({_describe(self._failure)})"
+                            f"webcam {self.index}: reading failed ({first_line(self._failure)})"
                         ) from self._failure
                     return
             self.dropped += sequence - seen - 1
@@ -438,9 +439,3 @@ def check_regular_file(path: Path, what: str) -> None:
 
 def _natural_key(name: str) -> list[object]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
-
-
-def _describe(exc: BaseException) -> str:
-    """The first line of an exception's message (FFmpeg's reason without its errno and path), for one-line errors."""
-    text = (getattr(exc, "strerror", None) or str(exc)).strip().splitlines()
-    return text[0] if text else type(exc).__name__
