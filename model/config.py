@@ -51,7 +51,6 @@ class CapeConfig:
     similarity_proj_dim: int = 256
     dynamic_proj_dim: int = 128
     graph_decoder: bool = True  # False = the paper's no-graph ablation (plain FFN)
-    max_keypoints: int = 100
 
     def __post_init__(self) -> None:
         if self.d_model % 2 or self.d_model % self.nhead:
@@ -72,6 +71,7 @@ class CapeConfig:
     @classmethod
     def from_dict(cls, values: dict) -> CapeConfig:
         values = dict(values)
+        values.pop("max_keypoints", None)  # written by versions before 2026-12 (never read): files keep loading
         bb = values.pop("backbone", {})
         bb = {k: tuple(v) if isinstance(v, list) else v for k, v in bb.items()}
         bb["timm_kwargs"] = tuple(tuple(kv) for kv in bb.get("timm_kwargs", ()))

@@ -62,7 +62,7 @@ def build_model(cfg: TrainConfig) -> CapeModel:
         raise ConfigError(f"config {cfg.name!r}: model {e}") from None
     backbone = replace(preset.backbone, drop_path_rate=cfg.drop_path, imagenet_init=cfg.imagenet_init)
     size = cfg.input_size or preset.input_size
-    model = CapeModel(replace(preset, backbone=backbone, input_size=size, max_keypoints=cfg.max_keypoints))
+    model = CapeModel(replace(preset, backbone=backbone, input_size=size))
     if cfg.backbone_weights:
         load_backbone_weights(model, cfg.backbone_weights)
     return model
