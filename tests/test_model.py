@@ -106,21 +106,6 @@ def test_wrong_shapes_raise_value_error(net: model.CapeModel) -> None:
         net.predict(torch.randn(3, 256, 256), s)
 
 
-def test_score_drops_when_the_support_feature_is_absent() -> None:
-    """A keypoint whose appearance is everywhere (flat similarity) scores lower than a sharp, unique one."""
-    from cape_track.model.score import keypoint_scores
-
-    sharp = torch.full((1, 1, 16, 16), -10.0)
-    sharp[0, 0, 5, 7] = 10.0
-    flat = torch.zeros(1, 1, 16, 16)
-    pt = torch.full((1, 1, 2), 0.4)
-    no_mask = torch.zeros(1, 1, dtype=torch.bool)
-    s_sharp = keypoint_scores(sharp, pt, pt, no_mask, 256)
-    s_flat = keypoint_scores(flat, pt, pt, no_mask, 256)
-    s_moved = keypoint_scores(sharp, pt, pt + 0.25, no_mask, 256)
-    assert s_sharp.item() > 0.99 and s_flat.item() < 0.05 and s_moved.item() < 0.05
-
-
 def test_support_set_is_letterboxed(net: model.CapeModel) -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (120, 200, 3), dtype=np.uint8)
