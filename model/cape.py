@@ -68,13 +68,16 @@ class CapeModel(nn.Module):
         keypoints: torch.Tensor,
         visible: torch.Tensor,
         skeletons: Sequence[Sequence[Sequence[int]]],
+        per_shot: bool = False,
     ) -> SupportEmbedding:
         """Backbone on the support shots, heatmap-pooled keypoint features, shot mean, skeleton adjacency.
 
         Args:
             images: `[K, B, 3, S, S]` ImageNet-normalised RGB.
             keypoints: `[K, B, N, 2]` network-input px.
-            visible: `[K, B, N]`; a keypoint invisible in any shot is ignored everywhere (spec §18.6).
+            visible: `[K, B, N]`. The paper's rule (training, MP-100 evaluation): a keypoint invisible in any shot
+                is ignored everywhere (spec §18.6). `per_shot`: it is ignored on those shots only, and its token is
+                the mean over the shots that show it, so a shot added to correct a frame never drops a keypoint.
             skeletons: one list of 0-indexed `[i, j]` pairs per sample (len B); only one skeleton per sample.
         """
         k, b, _, s, _ = _check_shape(images, "images", 5)
@@ -90,18 +93,24 @@ class CapeModel(nn.Module):
         feats = F.interpolate(feats, size=(hm_size, hm_size), mode="bilinear", align_corners=False)
         heatmaps = heatmaps / (heatmaps.sum(dim=(-2, -1), keepdim=True) + 1e-8)
         pooled = torch.einsum("bnhw,bchw->bnc", heatmaps, feats).view(k, b, n, -1)  # [K, B, N, C]
-        valid = weights.view(k, b, n).prod(dim=0)  # [B, N] product over shots
-        tokens = self.support_proj(pooled.mean(dim=0) * valid[..., None])
+        weights = weights.view(k, b, n)
+        if per_shot:
+            count = weights.sum(dim=0)  # [B, N] shots showing each keypoint
+            mean = (pooled * weights[..., None]).sum(dim=0) / count.clamp(min=1)[..., None]
+            valid = (count > 0).to(pooled)
+        else:
+            mean, valid = pooled.mean(dim=0), weights.prod(dim=0)  # [B, N] product over shots
+        tokens = self.support_proj(mean * valid[..., None])
         mask = valid == 0
         return SupportEmbedding(tokens, mask, skeleton_adjacency(skeletons, ~_decoder_mask(mask)))
 
     @torch.no_grad()
     def encode_support_set(self, support: SupportSet) -> SupportEmbedding:
-        """A `SupportSet` (full images, image-px keypoints) -> embedding: each shot letterboxed to the input."""
+        """A `SupportSet` (full images, image-px keypoints) -> embedding: each shot letterboxed to the input, each
+        keypoint taken from the shots that show it (`per_shot`: a tracking support grows by corrected frames)."""
         images, keypoints, visible = self.support_inputs(support)
-        return self.encode_support(
-            images[:, None], keypoints[:, None], visible[:, None], [[list(e) for e in support.skeleton]]
-        )
+        skeleton = [[list(e) for e in support.skeleton]]
+        return self.encode_support(images[:, None], keypoints[:, None], visible[:, None], skeleton, per_shot=True)
 
     @property
     def can_match(self) -> bool:

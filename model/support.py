@@ -221,6 +221,32 @@ class SupportSet:
     def num_keypoints(self) -> int:
         return self.keypoints.shape[1]
 
+    def with_shot(
+        self, image: np.ndarray, keypoints: np.ndarray | Sequence, visible: np.ndarray | Sequence | None = None
+    ) -> SupportSet:
+        """This support plus one shot: `image` `[H, W, 3]` uint8 RGB (e.g. a frame of the tracked video) with the
+        same N keypoints `[N, 2]` (its px). `visible` `[N]` (default all) marks the keypoints confirmed on it; the
+        others are ignored on this shot only (`CapeModel.encode_support_set`), so no keypoint leaves the run.
+        Correcting a frame and re-tracking is `Tracker(model, support.with_shot(frame, fixed, confirmed))`."""
+        keypoints = np.asarray(keypoints, dtype=np.float64)
+        if keypoints.shape != (self.num_keypoints, 2):
+            raise SupportFileError(
+                f"new support shot: keypoints have shape {keypoints.shape}, expected ({self.num_keypoints}, 2) "
+                f"(one point for each of {', '.join(self.names[:5])}{', ...' if self.num_keypoints > 5 else ''})"
+            )
+        visible = np.ones(self.num_keypoints, bool) if visible is None else np.asarray(visible, bool)
+        if visible.shape != (self.num_keypoints,):
+            raise SupportFileError(
+                f"new support shot: visible has shape {visible.shape}, expected ({self.num_keypoints},)"
+            )
+        return SupportSet(
+            (*self.images, image),
+            np.concatenate([self.keypoints, keypoints[None]]),
+            np.concatenate([self.visible, visible[None]]),
+            self.names,
+            self.skeleton,
+        )
+
     @classmethod
     def from_arrays(
         cls,

@@ -1,14 +1,18 @@
-"""The cape-track page: click keypoints on support image(s), link a skeleton, track a video with a progress bar,
-then watch, plot and download the results. UI only: loading, drawing and tracking are the model's and tracker's
-public API; uploads live in a per-session temporary folder."""
+"""The cape-track page: choose a video, click keypoints on one of its frames or on support image(s), link a
+skeleton, track with a progress bar, then watch, step, correct a frame (it becomes another support shot and the
+clip is re-tracked), compare runs, plot and download. UI only: the edits are `state`'s, the runs' arithmetic is
+`runs`', loading, drawing and tracking are the model's and tracker's public API; uploads and extracted frames
+live in a per-session temporary folder."""
 
 from __future__ import annotations
 
 import re
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import altair as alt
 import cv2
 import numpy as np
 import pandas as pd
@@ -20,9 +24,20 @@ from streamlit_image_coordinates import streamlit_image_coordinates
 from cape_track.model import CapeError, CapeModel, KeypointFile
 from cape_track.model.support import load_image
 from cape_track.streamlit_app.job import JobState, TrackingJob
-from cape_track.streamlit_app.state import Annotation, AnnotationError, History, pointer_edit
+from cape_track.streamlit_app.runs import Run, correction_points, disagreement, mean_disagreement, row_of
+from cape_track.streamlit_app.state import (
+    Annotation,
+    AnnotationError,
+    History,
+    View,
+    link_click,
+    pointer_edit,
+)
 from cape_track.tracker import TrackerConfig, draw_pose, keypoint_colors, open_source, select_device
 from cape_track.tracker.accel import configure_cpu_threads
+from cape_track.tracker.drawing import hex_color
+from cape_track.tracker.sources import read_frame
+from cape_track.tracker.tracks import Tracks, TracksFileError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff"]
@@ -33,6 +48,8 @@ MAX_UPSCALE = 4.0  # small images are drawn larger so the points stay crisp
 LIST_ROWS, LIST_HEIGHT = 7, 360  # keypoint rows shown before the list scrolls, and its height then (px)
 POLL_S = 0.5  # how often the progress bar refreshes while tracking
 CHECKPOINTS = ("Embedded default", "File on this machine", "Upload a file")
+ZOOMS = (1, 2, 3, 4)  # support canvas magnifications
+PLOTTED = 12  # keypoints plotted by default (all are selectable)
 
 
 @dataclass(frozen=True)
@@ -40,6 +57,7 @@ class Video:
     path: Path  # the file tracked (in the session folder, or the bundled sample)
     label: str  # the name the user knows it by
     summary: str  # size, frames and rate, for the page
+    frames: int | None  # frame count from the container (None: it does not say)
 
 
 @dataclass(frozen=True)
@@ -169,8 +187,8 @@ def sidebar() -> Settings:
 
 # ---------------------------------------------------------------------------------------------------- support
 def support_section() -> None:
-    st.subheader("1 · Support: click the keypoints to track")
-    add, sample = st.columns([3, 1], vertical_alignment="bottom")
+    st.subheader("2 · Support: click the keypoints to track")
+    add, sample = st.columns([2, 1], vertical_alignment="bottom")
     with add:
         upload = st.file_uploader(
             "Add a support image (more images with the same keypoints make a K-shot support)",
@@ -186,10 +204,13 @@ def support_section() -> None:
     show_notices("support")
     annotation = history().current
     if not annotation.shots:
-        st.info("Upload a support image (or use the sample), then click on it to place keypoints in order.")
+        st.info(
+            "Pick a frame of the video above, upload a support image or use the sample, then click on it to place "
+            "keypoints in order."
+        )
         return
     k = active_shot(annotation)
-    picture, side = st.columns([3, 2], gap="large")
+    picture, side = st.columns([1, 1], gap="medium")
     with picture:
         annotate(annotation, k)
     with side:
@@ -251,26 +272,36 @@ def pick_shot() -> None:
 
 def annotate(annotation: Annotation, k: int) -> None:
     """The support image with its keypoints and skeleton drawn, as a click component: a click places the next
-    keypoint, a drag moves one."""
+    keypoint, a drag moves one; in link mode two clicks join two keypoints. Zoom shows a window of the image."""
     shot = annotation.shots[k]
     n = annotation.num_keypoints
+    zoom_box, link_box = st.columns([3, 2], vertical_alignment="bottom")
+    zoom = zoom_box.select_slider("Zoom", ZOOMS, key=f"zoom_{k}", format_func=lambda z: f"{z}×")
+    linking = link_box.toggle("Link by clicking", key="link_mode", help="click two keypoints to join them")
+    view = View.of(shot.size)
+    if zoom > 1:
+        across, down = st.columns(2)
+        cx = across.slider("Pan ↔", 0, shot.size[0] - 1, shot.size[0] // 2, key=f"pan_x_{k}")
+        cy = down.slider("Pan ↕", 0, shot.size[1] - 1, shot.size[1] // 2, key=f"pan_y_{k}")
+        view = View.of(shot.size, zoom, (cx, cy))
+    pending = st.session_state.get("link_pending") if linking else None
     following = shot.next_unplaced()
-    if following is not None:
+    if linking:
+        picked = (
+            f"**{annotation.names[pending]}** picked: click the keypoint to join it to" if pending is not None else ""
+        )
+        st.markdown(picked or "Click a keypoint, then another, to join them (again to remove the edge).")
+    elif following is not None:
         st.markdown(f"Click to place **{annotation.names[following]}** (keypoint {following + 1} of {n}).")
     else:
         st.markdown("Click to add a keypoint · drag a keypoint to move it.")
-    event = streamlit_image_coordinates(
-        drawn_shot(annotation, k),
-        key=f"clicks_{k}",
-        click_and_drag=True,
-        width="stretch",
-        image_format="JPEG",
-        jpeg_quality=90,
-        cursor="crosshair",
-    )
-    if event and "x1" in event and event.get("unix_time") != st.session_state.get("last_click"):
-        st.session_state.last_click = event.get("unix_time")
-        history().apply(pointer_edit(annotation, k, event))
+    event = canvas(drawn(annotation, k, view, pending), f"clicks_{k}")
+    if event is not None:
+        if linking:
+            edited, st.session_state.link_pending = link_click(annotation, k, event, pending, view)
+        else:
+            edited = pointer_edit(annotation, k, event, view)
+        history().apply(edited)
         st.rerun()
     undo, drop = st.columns(2)
     undo.button("↶ Undo", on_click=history().undo, disabled=not history().can_undo, width="stretch")
@@ -278,31 +309,50 @@ def annotate(annotation: Annotation, k: int) -> None:
     st.caption(f"{shot.label}: {shot.size[0]}×{shot.size[1]} px, {shot.placed} of {n} keypoints placed")
 
 
-def drawn_shot(annotation: Annotation, k: int) -> np.ndarray:
-    """The shot resized for display with its placed keypoints, names and skeleton drawn by the tracker's
-    `draw_pose` (colours match the tracked video)."""
+def canvas(image: np.ndarray, key: str) -> dict | None:
+    """`image` as the click component; the new press/release event (a rerun repeats the last one: not new)."""
+    event = streamlit_image_coordinates(
+        image, key=key, click_and_drag=True, width="stretch", image_format="JPEG", jpeg_quality=90, cursor="crosshair"
+    )
+    if not event or "x1" not in event or event.get("unix_time") == st.session_state.get(f"{key}_last"):
+        return None
+    st.session_state[f"{key}_last"] = event.get("unix_time")
+    return event
+
+
+def drawn(annotation: Annotation, k: int, view: View, pending: int | None = None) -> np.ndarray:
+    """The part `view` of shot `k`, resized for display, with its placed keypoints, names and skeleton drawn by the
+    tracker's `draw_pose` (colours match the tracked video); `pending`, a keypoint picked for linking, ringed."""
     shot = annotation.shots[k]
     image = image_of(shot.image)
-    width, height = shot.size
-    scale = min(DISPLAY_SIDE / max(width, height), MAX_UPSCALE)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    canvas = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    x0, y0 = int(view.left), int(view.top)
+    x1, y1 = (
+        min(shot.size[0], int(np.ceil(view.left + view.width))),
+        min(shot.size[1], int(np.ceil(view.top + view.height))),
+    )
+    window = image[y0:y1, x0:x1]
+    scale = min(DISPLAY_SIDE / max(window.shape[1], window.shape[0]), MAX_UPSCALE * max(1.0, shot.size[0] / view.width))
+    size = (max(1, round(window.shape[1] * scale)), max(1, round(window.shape[0] * scale)))
+    picture = cv2.resize(window, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     placed = [i for i, p in enumerate(shot.xy) if p is not None]
-    if placed:
-        sx, sy = size[0] / width, size[1] / height
-        xy = np.array([shot.xy[i] for i in placed]) + 0.5  # image px -> display px, pixel centres kept
-        xy = xy * (sx, sy) - 0.5
-        slot = {i: j for j, i in enumerate(placed)}
-        edges = [(slot[a], slot[b]) for a, b in annotation.skeleton if a in slot and b in slot]
-        draw_pose(
-            canvas,
-            xy,
-            visible=np.array([shot.visible[i] for i in placed]),
-            skeleton=edges,
-            names=[annotation.names[i] for i in placed],
-            colors=keypoint_colors(annotation.num_keypoints)[placed],
-        )
-    return canvas
+    if not placed:
+        return picture
+    sx, sy = size[0] / window.shape[1], size[1] / window.shape[0]
+    xy = (np.array([shot.xy[i] for i in placed]) + 0.5 - (x0, y0)) * (sx, sy) - 0.5  # image px -> display px
+    slot = {i: j for j, i in enumerate(placed)}
+    colors = keypoint_colors(annotation.num_keypoints)
+    draw_pose(
+        picture,
+        xy,
+        visible=np.array([shot.visible[i] or i == pending for i in placed]),
+        skeleton=[(slot[a], slot[b]) for a, b in annotation.skeleton if a in slot and b in slot],
+        names=[annotation.names[i] for i in placed],
+        colors=colors[placed],
+    )
+    if pending in slot:
+        center = tuple(int(v) for v in np.round(xy[slot[pending]]))
+        cv2.circle(picture, center, max(8, round(min(size) / 40)), (255, 255, 255), 2, cv2.LINE_AA)
+    return picture
 
 
 def remove_shot(k: int) -> None:
@@ -321,10 +371,9 @@ def keypoint_list(annotation: Annotation, k: int) -> None:
     colors = keypoint_colors(annotation.num_keypoints)
     with st.container(height=LIST_HEIGHT if annotation.num_keypoints > LIST_ROWS else "content", border=False):
         for i, (uid, name) in enumerate(zip(annotation.ids, annotation.names, strict=True)):
-            swatch, label, flag, delete = st.columns([0.3, 2.4, 1.3, 0.6], vertical_alignment="center")
-            r, g, b = (int(c) for c in colors[i])
+            swatch, label, flag, delete = st.columns([0.3, 2.2, 1.5, 0.6], vertical_alignment="center")
             swatch.markdown(
-                f"<span style='color:#{r:02x}{g:02x}{b:02x};font-size:1.4em'>●</span>", unsafe_allow_html=True
+                f"<span style='color:{hex_color(colors[i])};font-size:1.4em'>●</span>", unsafe_allow_html=True
             )
             st.session_state[f"name_{uid}"] = name  # the list is the truth (undo, loads); the box shows it
             label.text_input("name", key=f"name_{uid}", on_change=rename, args=(uid,), label_visibility="collapsed")
@@ -364,15 +413,19 @@ def skeleton_editor(annotation: Annotation) -> None:
         st.caption("Place two keypoints to link them.")
         return
     # The selectors hold stable keypoint ids, never positions or names: a rename, delete or undo changes the labels
-    # and positions under them, and a stale value (of any type) is dropped rather than compared.
+    # and positions under them. Their keys carry the names, so a rename draws them anew (a browser keeps showing a
+    # kept selector's old label); the pair chosen survives in `link_ids`, and a stale id falls back to the default.
     ids = list(annotation.ids)
-    for key in ("link_from", "link_to"):
-        if key in st.session_state and st.session_state[key] not in ids:
-            del st.session_state[key]
+    chosen = st.session_state.setdefault("link_ids", {})
+    start = chosen.get("from") if chosen.get("from") in ids else ids[0]
+    end = chosen.get("to") if chosen.get("to") in ids else ids[1]
     name_of = dict(zip(ids, annotation.names, strict=True))
-    first, second, button = st.columns([2, 2, 1], vertical_alignment="bottom")
-    first.selectbox("Link", ids, format_func=name_of.get, key="link_from")
-    second.selectbox("to", ids, index=1, format_func=name_of.get, key="link_to")
+    names = zlib.crc32("\x1f".join(annotation.names).encode())
+    first, second, button = st.columns([2, 2, 1.3], vertical_alignment="bottom")
+    chosen["from"] = first.selectbox(
+        "Link", ids, index=ids.index(start), format_func=name_of.get, key=f"link_from_{names}"
+    )
+    chosen["to"] = second.selectbox("to", ids, index=ids.index(end), format_func=name_of.get, key=f"link_to_{names}")
     button.button("Link", on_click=link, width="stretch")
     if annotation.skeleton:
         st.pills(
@@ -389,7 +442,9 @@ def skeleton_editor(annotation: Annotation) -> None:
 def link() -> None:
     try:
         history().apply(
-            history().current.link(index_of(st.session_state.link_from), index_of(st.session_state.link_to))
+            history().current.link(
+                index_of(st.session_state.link_ids["from"]), index_of(st.session_state.link_ids["to"])
+            )
         )
     except AnnotationError as exc:
         notify("skeleton", str(exc))
@@ -425,7 +480,12 @@ def files(annotation: Annotation, k: int) -> None:
     upload = load.file_uploader(
         "Load keypoints (.json)", type=["json"], key=uploader_key("keypoints"), label_visibility="collapsed"
     )
-    st.caption(f"Keep {name} beside {shot.label} so that `cape-track VIDEO --support {shot.label}` finds it.")
+    if shot.frame is None:
+        st.caption(f"Keep {name} beside {shot.label} so that `cape-track VIDEO --support {shot.label}` finds it.")
+    else:
+        st.caption(
+            f"Track from the command line with `cape-track VIDEO --support-frame {shot.frame} --keypoints {name}`."
+        )
     if upload is not None:
         load_keypoints(upload, k)
         taken("keypoints")
@@ -446,8 +506,8 @@ def load_keypoints(upload: UploadedFile, k: int) -> None:
 
 # ---------------------------------------------------------------------------------------------------- video
 def video_section() -> None:
-    st.subheader("2 · Video")
-    add, sample = st.columns([3, 1], vertical_alignment="bottom")
+    st.subheader("1 · Video")
+    add, sample = st.columns([2, 1], vertical_alignment="bottom")
     with add:
         upload = st.file_uploader("Upload a video", type=VIDEO_TYPES, key=uploader_key("video"))
     with sample:
@@ -461,8 +521,9 @@ def video_section() -> None:
     video: Video | None = st.session_state.get("video")
     if video is None:
         st.info("Upload the video to track (or use the sample clip).")
-    else:
-        st.markdown(f"**{video.label}** · {video.summary}")
+        return
+    st.markdown(f"**{video.label}** · {video.summary}")
+    frame_picker(video)
 
 
 def choose_video(path: Path, label: str | None = None) -> None:
@@ -472,12 +533,65 @@ def choose_video(path: Path, label: str | None = None) -> None:
         with open_source(path) as source:
             frames = f"{source.frame_count} frames" if source.frame_count else "frame count unknown"
             summary = f"{source.width}×{source.height}, {frames} at {source.fps:.3g} fps"
+            count = source.frame_count
     except CapeError as exc:
         if path.parent == workdir():
             path.unlink(missing_ok=True)
         notify("video", user_message(exc, path, label))
         return
-    st.session_state.video = Video(path, label, summary)
+    st.session_state.video = Video(path, label, summary, count)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def decoded_frame(path: str, stamp: float, index: int) -> np.ndarray:
+    """Frame `index` of the video, `[H, W, 3]` uint8 RGB."""
+    return read_frame(path, index)
+
+
+def frame_of(video: Path, index: int) -> np.ndarray:
+    return decoded_frame(str(video), video.stat().st_mtime, index)
+
+
+def frame_slider(label: str, video: Video, key: str) -> int:
+    """A frame index of `video` (a number box when the container does not give the count)."""
+    if video.frames and video.frames > 1:
+        return st.slider(label, 0, video.frames - 1, key=key)
+    return int(st.number_input(label, min_value=0, step=1, key=key))
+
+
+def frame_picker(video: Video) -> None:
+    """Step through the video and take a frame as a support image, to click the keypoints on (the usual start:
+    label frame 0 of your own clip)."""
+    with st.expander("Pick a frame as the support image", expanded=not history().current.shots):
+        index = frame_slider("Frame to label", video, "pick_frame")
+        try:
+            image = frame_of(video.path, index)
+        except CapeError as exc:
+            st.error(user_message(exc, video.path, video.label))
+            return
+        st.image(image, caption=f"{video.label}, frame {index}", width="stretch")
+        st.button(f"Use frame {index} as a support image", on_click=use_frame, args=(video, index), type="primary")
+
+
+def frame_file(video: Video, index: int, image: np.ndarray) -> Path:
+    """The frame written into the session folder as a PNG (a support image is a file, like an uploaded one)."""
+    path = workdir() / f"frame{next_number('frame')}.png"
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise AnnotationError(f"{video.label}: frame {index} could not be saved in the session folder")
+    return path
+
+
+def use_frame(video: Video, index: int) -> None:
+    try:
+        image = frame_of(video.path, index)
+        path = frame_file(video, index, image)
+    except CapeError as exc:
+        notify("video", user_message(exc, video.path, video.label))
+        return
+    label = f"{Path(video.label).stem}_frame{index}.png"
+    annotation = history().current.add_shot(path, label, (image.shape[1], image.shape[0]), frame=index)
+    history().apply(annotation)
+    st.session_state.shot = len(annotation.shots) - 1
 
 
 # ---------------------------------------------------------------------------------------------------- tracking
@@ -497,10 +611,10 @@ def track_section(settings: Settings) -> None:
 
 
 def start_tracking(settings: Settings) -> None:
-    """Check everything the run needs (cheapest first), then start it in the background."""
+    """Check everything the run needs (cheapest first), then start it in the background as the next run."""
     annotation = history().current
     if not annotation.shots:
-        raise AnnotationError("support: no support image (upload one and click its keypoints first)")
+        raise AnnotationError("support: no support image (upload one, or pick a video frame, and click its keypoints)")
     video: Video | None = st.session_state.get("video")
     if video is None:
         raise AnnotationError("video: none chosen (upload a video or use the sample clip)")
@@ -508,9 +622,12 @@ def start_tracking(settings: Settings) -> None:
         raise AnnotationError("model: no checkpoint loaded (choose one in the sidebar)")
     support = annotation.support_set([image_of(shot.image) for shot in annotation.shots])
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(video.label).stem) or "video"
-    out = workdir() / f"run{next_number('run')}"
-    st.session_state.job = TrackingJob(settings.model, support, video.path, out, stem, settings.config)
-    st.session_state.job_label = video.label
+    number = next_number("run") + 1
+    job = TrackingJob(settings.model, support, video.path, workdir() / f"run{number}", stem, settings.config)
+    runs = st.session_state.setdefault("runs", [])
+    runs.append(Run(number, job, video.path, video.label, support.shots))
+    st.session_state.job = job
+    st.session_state.run_wanted = number  # the results show this run once it ends
 
 
 def show_progress() -> None:
@@ -523,9 +640,10 @@ def show_progress() -> None:
             st.rerun()
         return
     p = job.progress()
-    label = st.session_state.get("job_label", job.video.name)
+    label = st.session_state["runs"][-1].video_label
     if p.frames:
-        text = f"Tracking {label}: {p.frames} / {p.total or '?'} frames · {p.fps:.1f} fps"
+        left = f" · {p.eta:.0f} s left" if p.eta is not None else ""
+        text = f"Tracking {label}: {p.frames} / {p.total or '?'} frames · {p.fps:.1f} fps{left}"
     else:
         text = f"Tracking {label}: encoding the support, reading the first frames…"
     st.progress(p.fraction, text=text)
@@ -533,75 +651,231 @@ def show_progress() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- results
-def results_section() -> None:
-    job: TrackingJob | None = st.session_state.get("job")
-    if job is None or job.running:
+def results_section(settings: Settings) -> None:
+    runs: list[Run] = [r for r in st.session_state.get("runs", []) if not r.job.running]
+    if not runs:
         return
-    p = job.progress()
     st.subheader("4 · Results")
-    if job.state is JobState.DONE:
+    numbers = [r.number for r in runs]
+    if st.session_state.get("run_wanted") in numbers:  # a run started from the page: shown once it has ended
+        st.session_state.run_shown = numbers.index(st.session_state.pop("run_wanted"))
+    shown = min(st.session_state.get("run_shown", len(runs) - 1), len(runs) - 1)
+    st.session_state.run_shown = shown
+    if len(runs) > 1:
+        st.selectbox("Run", range(len(runs)), format_func=lambda i: runs[i].title, key="run_shown")
+    run = runs[shown]
+    p = run.job.progress()
+    if run.job.state is JobState.DONE:
         st.success(f"Tracked {p.frames} frames in {p.seconds:.1f} s ({p.fps:.1f} fps).")
-    elif job.state is JobState.CANCELLED:
+    elif run.job.state is JobState.CANCELLED:
         st.warning(f"Cancelled after {p.frames} frames; the results below cover those frames.")
     else:
-        st.error(job.error or "tracking failed")
-    paths = job.paths
-    if not paths["csv"].is_file() or p.frames == 0:
+        st.error(run.job.error or "tracking failed")
+    tracks = tracks_of(run)
+    if tracks is None:
         return
-    watch, plots = st.columns([3, 2], gap="large")
+    watch, correct, compare, plots = st.tabs(["Video", "Step and correct", "Compare runs", "Plots"])
     with watch:
-        if paths["video"].is_file():
-            st.video(str(paths["video"]))
-        buttons = st.columns(3)
-        for column, (kind, mime) in zip(
-            buttons, (("video", "video/mp4"), ("json", "application/json"), ("csv", "text/csv")), strict=True
-        ):
-            path = paths[kind]
-            if path.is_file():
-                column.download_button(
-                    f"⬇ {path.name.split('.', 1)[1]}",
-                    path.read_bytes,
-                    file_name=path.name,
-                    mime=mime,
-                    on_click="ignore",
-                    width="stretch",
-                )
+        video_and_downloads(run)
+    with correct:
+        correction(run, tracks, settings)
+    with compare:
+        comparison(runs, run)
     with plots:
-        plot_tracks(paths["csv"], job)
+        plot_tracks(tracks)
 
 
-def plot_tracks(csv: Path, job: TrackingJob) -> None:
-    """Each chosen keypoint's x, y and score over time, in the keypoint colours of the video."""
-    tracks = pd.read_csv(csv)
-    names = list(job.names)
+def tracks_of(run: Run) -> Tracks | None:
+    """The run's tracks, read once per run (a finished run's files do not change)."""
+    cache = st.session_state.setdefault("tracks", {})
+    if run.number not in cache:
+        try:
+            cache[run.number] = run.tracks()
+        except TracksFileError:
+            cache[run.number] = None  # a run stopped before its first frame: its file has no frames
+    return cache[run.number]
+
+
+def video_and_downloads(run: Run) -> None:
+    paths = run.job.paths
+    if paths["video"].is_file():
+        st.video(str(paths["video"]))
+    buttons = st.columns(3)
+    for column, (kind, mime) in zip(
+        buttons, (("video", "video/mp4"), ("json", "application/json"), ("csv", "text/csv")), strict=True
+    ):
+        path = paths[kind]
+        if path.is_file():
+            column.download_button(
+                f"⬇ {path.name.split('.', 1)[1]}",
+                path.read_bytes,
+                file_name=path.name,
+                mime=mime,
+                on_click="ignore",
+                width="stretch",
+                key=f"download_{kind}_{run.number}",
+            )
+
+
+def annotated_frame(run: Run, tracks: Tracks, index: int) -> np.ndarray:
+    """Frame `index` of the run's video with the run's points drawn as in its annotated video."""
+    image = frame_of(run.video, index).copy()
+    row = row_of(tracks, index)
+    if row is not None:
+        scores = tracks.scores[row] if tracks.scores is not None else None
+        colors = keypoint_colors(len(tracks.names))
+        draw_pose(image, tracks.xy[row], scores, tracks.visible[row], tracks.skeleton, tracks.names, colors)
+    return image
+
+
+def correction(run: Run, tracks: Tracks, settings: Settings) -> None:
+    """Step to any frame with the run's points pre-filled; drag the wrong ones, untick the ones not to confirm,
+    then add the frame as a support shot and re-track."""
+    last = int(tracks.index[-1])
+    index = st.slider("Frame to check", int(tracks.index[0]), last, key=f"step_{run.number}") if last > 0 else 0
+    base = history().current
+    if base.names != tracks.names:
+        st.image(annotated_frame(run, tracks, index), caption=f"frame {index}", width="stretch")
+        st.info("The support's keypoints changed since this run: track again to correct its frames.")
+        return
+    key = (run.number, index)
+    if st.session_state.get("draft_key") != key:
+        try:
+            image = frame_of(run.video, index)
+            path = frame_file(Video(run.video, run.video_label, "", None), index, image)
+        except CapeError as exc:
+            st.error(user_message(exc, run.video, run.video_label))
+            return
+        label = f"{Path(run.video_label).stem}_frame{index}.png"
+        size = (image.shape[1], image.shape[0])
+        st.session_state.draft = base.add_shot(path, label, size, correction_points(tracks, index), frame=index)
+        st.session_state.draft_key = key
+    draft: Annotation = st.session_state.draft
+    k = len(draft.shots) - 1
+    picture, side = st.columns([3, 2], gap="medium")
+    with picture:
+        st.markdown("Drag a wrong point to where it belongs · click to place a missing one.")
+        event = canvas(drawn(draft, k, View.of(draft.shots[k].size)), f"correct_{run.number}_{index}")
+        if event is not None:
+            st.session_state.draft = pointer_edit(draft, k, event)
+            st.rerun()
+    with side:
+        shot = draft.shots[k]
+        confirmed = sum(shot.visible)
+        st.markdown(f"**Confirmed on this frame** · {confirmed} of {draft.num_keypoints}")
+        st.caption("Unticked points are ignored on this frame only; the other support images still describe them.")
+        colors = keypoint_colors(draft.num_keypoints)
+        with st.container(height=LIST_HEIGHT if draft.num_keypoints > LIST_ROWS else "content", border=False):
+            for i, name in enumerate(draft.names):
+                dot = f"<span style='color:{hex_color(colors[i])}'>●</span> {name}"
+                if shot.xy[i] is None:
+                    st.markdown(f"{dot} · not placed (click to place it)", unsafe_allow_html=True)
+                    continue
+                st.session_state[f"confirm_{i}"] = shot.visible[i]
+                st.checkbox(dot, key=f"confirm_{i}", on_change=confirm, args=(i,))
+        st.button(
+            "Add this frame as a support shot and re-track",
+            on_click=add_correction,
+            args=(settings,),
+            type="primary",
+            disabled=confirmed == 0,
+            width="stretch",
+        )
+        show_notices("correction")
+
+
+def confirm(i: int) -> None:
+    draft: Annotation = st.session_state.draft
+    st.session_state.draft = draft.set_visible(len(draft.shots) - 1, i, st.session_state[f"confirm_{i}"])
+
+
+def add_correction(settings: Settings) -> None:
+    """The corrected frame joins the support (undo removes it again) and the clip is tracked anew."""
+    draft: Annotation = st.session_state.draft
+    history().apply(draft)
+    st.session_state.shot = len(draft.shots) - 1
+    st.session_state.pop("draft_key", None)
+    try:
+        start_tracking(settings)
+    except CapeError as exc:
+        notify("correction", str(exc))
+
+
+def comparison(runs: list[Run], run: Run) -> None:
+    """Two runs side by side at a chosen frame, with how far apart they put each keypoint there and on average."""
+    same = [
+        r for r in runs if r.video == run.video and (t := tracks_of(r)) is not None and t.names == tracks_of(run).names
+    ]
+    if len(same) < 2:
+        st.info("Correct a frame (or track again) to compare two runs of this video here.")
+        return
+    titles = {r.number: r.title for r in same}
+    numbers = list(titles)
+    left, right = st.columns(2)
+    a = left.selectbox("Run A", numbers, index=len(numbers) - 2, format_func=titles.get, key="compare_a")
+    b = right.selectbox("Run B", numbers, index=len(numbers) - 1, format_func=titles.get, key="compare_b")
+    ra, rb = (next(r for r in same if r.number == n) for n in (a, b))
+    ta, tb = tracks_of(ra), tracks_of(rb)
+    last = int(max(ta.index[-1], tb.index[-1]))
+    index = st.slider("Frame to compare", 0, last, key="compare_frame") if last > 0 else 0
+    for column, r, t in ((left, ra, ta), (right, rb, tb)):
+        column.image(annotated_frame(r, t, index), caption=f"Run {r.number}, frame {index}", width="stretch")
+    here, overall = disagreement(ta, tb, index), mean_disagreement(ta, tb)
+    columns = {f"px apart on frame {index}": here, "mean px apart (all frames)": overall}
+    table = pd.DataFrame({"keypoint": ta.names, **columns}).round(1)
+    number = {name: st.column_config.NumberColumn(format="%.1f") for name in columns}
+    st.dataframe(table, hide_index=True, width="stretch", column_config=number)
+    st.caption("Empty: hidden in either run on that frame.")
+
+
+def plot_tracks(tracks: Tracks) -> None:
+    """Each chosen keypoint's x, y and score over time, in the keypoint colours of the video; hidden points are
+    gaps, and the legend lists every keypoint plotted."""
+    names = list(tracks.names)
     colors = keypoint_colors(len(names))
-    chosen = st.multiselect("Keypoints to plot", names, default=names[:6], key=f"plot_{id(job)}")
+    chosen = st.multiselect("Keypoints to plot", names, default=names[:PLOTTED], key="plot_keypoints")
     if not chosen:
         st.caption("Choose keypoints to plot.")
         return
-    palette = ["#{:02x}{:02x}{:02x}".format(*(int(c) for c in colors[names.index(n)])) for n in chosen]
-    for tab, (field, unit) in zip(
-        st.tabs(["x", "y", "score"]), (("x", "x (px)"), ("y", "y (px)"), ("score", "score")), strict=True
-    ):
+    time = tracks.time if tracks.time is not None else tracks.index.astype(float)
+    xy = tracks.hidden_nan()
+    columns = {"x": xy[..., 0], "y": xy[..., 1]}
+    if tracks.scores is not None:
+        columns["score"] = tracks.scores
+    scale = alt.Scale(domain=chosen, range=[hex_color(colors[names.index(n)]) for n in chosen])
+    legend = alt.Legend(orient="bottom", columns=min(len(chosen), 6), title=None, symbolLimit=0, labelLimit=160)
+    for tab, (field, values) in zip(st.tabs(list(columns)), columns.items(), strict=True):
         with tab:
-            columns = [f"{n}_{field}" for n in chosen]
-            st.line_chart(tracks, x="time", y=columns, x_label="time (s)", y_label=unit, color=palette, height=260)
+            frame = pd.DataFrame({"time": np.repeat(time, len(chosen)), "keypoint": np.tile(chosen, len(time))}).assign(
+                value=values[:, [names.index(n) for n in chosen]].ravel()
+            )
+            chart = (
+                alt.Chart(frame)
+                .mark_line()
+                .encode(
+                    x=alt.X("time:Q", title="time (s)"),
+                    y=alt.Y("value:Q", title=f"{field} (px)" if field != "score" else "score"),
+                    color=alt.Color("keypoint:N", scale=scale, legend=legend),
+                )
+                .properties(height=280)
+            )
+            st.altair_chart(chart, width="stretch")
 
 
 def main() -> None:
     st.set_page_config(page_title="cape-track", page_icon="🎯", layout="wide")
     st.title("cape-track")
     st.caption(
-        "Track the keypoints you click on one or more support images through a video: any object category "
-        "(graph-based category-agnostic pose estimation, Pose Anything)."
+        "Track the keypoints you click on a frame of your video or on support images: any object category "
+        "(graph-based category-agnostic pose estimation, Pose Anything). Correct a frame and re-track."
     )
     settings = sidebar()
-    support_section()
-    st.divider()
     video_section()
     st.divider()
+    support_section()
+    st.divider()
     track_section(settings)
-    results_section()
+    results_section(settings)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,13 @@ class Progress:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
     @property
+    def eta(self) -> float | None:
+        """Seconds left at the rate so far (None until a frame is done or when the total is unknown)."""
+        if not self.total or not self.frames or self.seconds <= 0:
+            return None
+        return max(self.total - self.frames, 0) / self.fps
+
+    @property
     def fraction(self) -> float:
         return min(self.frames / self.total, 1.0) if self.total else 0.0
 
@@ -39,7 +46,8 @@ class TrackingJob:
     """Tracks `video` with `model` and `support`, writing `output_paths(out_dir, stem)`.
 
     The files are valid for every frame done however the run ends (the tracker's sinks guarantee it), so a
-    cancelled or failed run still has partial results. `error` is a one-line message for the page.
+    cancelled or failed run still has partial results. `error` is a one-line message for the page. The clock
+    starts when the frames start, after the support is encoded, as the CLI's does, so the two rates compare.
     """
 
     def __init__(
@@ -59,7 +67,7 @@ class TrackingJob:
         self._state = JobState.RUNNING
         self._frames = 0
         self._total: int | None = None
-        self._start = time.perf_counter()
+        self._start: float | None = None
         self._end: float | None = None
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._work, name="cape-page-track", daemon=True)
@@ -74,6 +82,8 @@ class TrackingJob:
         return self._state is JobState.RUNNING
 
     def progress(self) -> Progress:
+        if self._start is None:
+            return Progress(self._frames, self._total, 0.0)
         end = self._end if self._end is not None else time.perf_counter()
         return Progress(self._frames, self._total, end - self._start)
 
@@ -94,6 +104,7 @@ class TrackingJob:
             with open_source(self.video) as source:
                 self._total = source.frame_count
                 tracker = Tracker(model, support, config, Accelerator.for_device(model.device, "auto"))
+                self._start = time.perf_counter()
                 results = tracker.run(source, file_sinks(out_dir, stem), self._on_progress)
                 try:
                     for _ in results:

@@ -35,6 +35,7 @@ class Shot:
     size: tuple[int, int]  # (W, H) px
     xy: tuple[Point | None, ...] = ()  # [N] image px; None: not placed on this shot yet
     visible: tuple[bool, ...] = ()  # [N]; False for a point marked hidden (occluded) and for one not placed
+    frame: int | None = None  # the frame of the tracked video this image is, when it was taken from it
 
     @property
     def placed(self) -> int:
@@ -65,10 +66,25 @@ class Annotation:
         return len(self.names)
 
     # ------------------------------------------------------------------------------------------------ shots
-    def add_shot(self, image: Path, label: str, size: tuple[int, int]) -> Annotation:
-        """A new support image with the same keypoint list, none placed yet."""
+    def add_shot(
+        self,
+        image: Path,
+        label: str,
+        size: tuple[int, int],
+        xy: Sequence[Point | None] | None = None,
+        frame: int | None = None,
+    ) -> Annotation:
+        """A new support image with the same keypoint list: none placed yet, or placed at `xy` [N] (image px; None:
+        not placed), as a corrected video frame whose tracked points come pre-filled. `frame`: the video frame the
+        image is."""
         n = self.num_keypoints
-        return replace(self, shots=(*self.shots, Shot(Path(image), label, size, (None,) * n, (False,) * n)))
+        shot = Shot(Path(image), label, size, frame=frame)
+        if xy is None:
+            return replace(self, shots=(*self.shots, replace(shot, xy=(None,) * n, visible=(False,) * n)))
+        if len(xy) != n:
+            raise AnnotationError(f"new support image: {len(xy)} points for {n} keypoints")
+        placed = tuple(None if p is None else shot.clamp(p) for p in xy)
+        return replace(self, shots=(*self.shots, replace(shot, xy=placed, visible=tuple(p is not None for p in xy))))
 
     def remove_shot(self, k: int) -> Annotation:
         """Drop shot `k`; removing the last one also clears the keypoint list (a new support starts)."""
@@ -102,11 +118,6 @@ class Annotation:
         """Mark a placed keypoint of shot `k` visible or hidden (occluded); an unplaced one stays hidden."""
         shot = self.shots[k]
         return self._with_shot(k, shot.xy, _set(shot.visible, i, bool(visible) and shot.xy[i] is not None))
-
-    def unplace(self, k: int, i: int) -> Annotation:
-        """Forget where keypoint `i` lies on shot `k` (the next click on that shot places it again)."""
-        shot = self.shots[k]
-        return self._with_shot(k, _set(shot.xy, i, None), _set(shot.visible, i, False))
 
     def delete(self, i: int) -> Annotation:
         """Remove keypoint `i` from the list, from every shot and from the skeleton."""
@@ -180,19 +191,19 @@ class Annotation:
         )
 
     def usable(self) -> np.ndarray:
-        """[N] bool: placed and visible on every shot. The model ignores the others everywhere (spec §18.6)."""
+        """[N] bool: placed and visible on at least one shot. A keypoint missing from a shot is ignored on that
+        shot only (`SupportSet.with_shot`), so the tracker finds every usable keypoint."""
         if not self.shots:
             return np.zeros(self.num_keypoints, bool)
-        return np.array([s.visible for s in self.shots], bool).reshape(len(self.shots), -1).all(axis=0)
+        return np.array([s.visible for s in self.shots], bool).reshape(len(self.shots), -1).any(axis=0)
 
     def support_set(self, images: Sequence[np.ndarray]) -> SupportSet:
         """The `SupportSet` to track with, from the shots' images `[H, W, 3]` RGB uint8 (one per shot)."""
         usable = int(self.usable().sum())
         if usable < MIN_KEYPOINTS:
-            where = "the support image" if len(self.shots) == 1 else "every support image"
             raise AnnotationError(
-                f"support: too few keypoints ({usable} placed and visible on {where}; "
-                f"click at least {MIN_KEYPOINTS} on {where})"
+                f"support: too few keypoints ({usable} placed and visible; click at least {MIN_KEYPOINTS} on a "
+                "support image)"
             )
         xy = [[p if p is not None else (0.0, 0.0) for p in s.xy] for s in self.shots]
         visible = [s.visible for s in self.shots]
@@ -202,24 +213,64 @@ class Annotation:
         return replace(self, shots=_set(self.shots, k, replace(self.shots[k], xy=xy, visible=visible)))
 
 
-def pointer_edit(annotation: Annotation, k: int, event: Mapping[str, float]) -> Annotation:
+@dataclass(frozen=True)
+class View:
+    """The part of a shot the canvas shows (image px): the whole image, or a zoomed window onto it."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+
+    @classmethod
+    def of(cls, size: tuple[int, int], zoom: float = 1.0, center: Point | None = None) -> View:
+        """A window `zoom` times smaller than the image `size` (W, H) around `center` (default: the middle),
+        kept inside the image."""
+        width, height = size[0] / max(zoom, 1.0), size[1] / max(zoom, 1.0)
+        cx, cy = center if center is not None else (size[0] / 2, size[1] / 2)
+        left = min(max(cx - width / 2, 0.0), size[0] - width)
+        top = min(max(cy - height / 2, 0.0), size[1] - height)
+        return cls(left, top, width, height)
+
+    def to_image(self, event: Mapping[str, float], x: float, y: float) -> Point:
+        """Display px (pixel centres) of a canvas drawn `event["width"]` x `event["height"]` -> image px."""
+        sx, sy = self.width / event["width"], self.height / event["height"]
+        return (self.left + (x + 0.5) * sx - 0.5, self.top + (y + 0.5) * sy - 0.5)
+
+    def image_per_display(self, event: Mapping[str, float]) -> float:
+        return max(self.width / event["width"], self.height / event["height"])
+
+
+def pointer_edit(annotation: Annotation, k: int, event: Mapping[str, float], view: View | None = None) -> Annotation:
     """The edit one event of the click component (`click_and_drag` mode) makes on shot `k`.
 
-    `event` holds the press `x1, y1` and release `x2, y2` in display px of an image shown `width` x `height`. A
-    press released where it started places a keypoint (see `Annotation.place`); a drag that starts on a keypoint
-    moves it; any other drag changes nothing.
+    `event` holds the press `x1, y1` and release `x2, y2` in display px of the canvas, drawn `width` x `height`
+    from `view` (default: the whole shot). A press released where it started places a keypoint (see
+    `Annotation.place`); a drag that starts on a keypoint moves it; any other drag changes nothing.
     """
-    shot = annotation.shots[k]
-    scale = (shot.size[0] / event["width"], shot.size[1] / event["height"])  # image px per display px
+    view = view or View.of(annotation.shots[k].size)
+    down, up = view.to_image(event, event["x1"], event["y1"]), view.to_image(event, event["x2"], event["y2"])
+    if math.dist((event["x1"], event["y1"]), (event["x2"], event["y2"])) <= CLICK_SLOP:
+        return annotation.place(k, up)
+    grabbed = annotation.nearest(k, down, GRAB_RADIUS * view.image_per_display(event))
+    return annotation if grabbed is None else annotation.move(k, grabbed, up)
 
-    def to_image(x: float, y: float) -> Point:
-        return ((x + 0.5) * scale[0] - 0.5, (y + 0.5) * scale[1] - 0.5)  # display pixel centres to image px
 
-    down, up = (event["x1"], event["y1"]), (event["x2"], event["y2"])
-    if math.dist(down, up) <= CLICK_SLOP:
-        return annotation.place(k, to_image(*up))
-    grabbed = annotation.nearest(k, to_image(*down), GRAB_RADIUS * max(scale))
-    return annotation if grabbed is None else annotation.move(k, grabbed, to_image(*up))
+def link_click(
+    annotation: Annotation, k: int, event: Mapping[str, float], pending: int | None, view: View | None = None
+) -> tuple[Annotation, int | None]:
+    """Skeleton editing by clicks on shot `k`: the first click on a keypoint picks it (returned as `pending`), a
+    click on a second one joins the two (or removes their edge when they are already joined); a click on the
+    picked keypoint or away from every keypoint drops the pick."""
+    view = view or View.of(annotation.shots[k].size)
+    at = view.to_image(event, event["x2"], event["y2"])
+    hit = annotation.nearest(k, at, GRAB_RADIUS * view.image_per_display(event))
+    if hit is None or hit == pending:
+        return annotation, None
+    if pending is None:
+        return annotation, hit
+    edge = next((e for e, pair in enumerate(annotation.skeleton) if set(pair) == {pending, hit}), None)
+    return (annotation.link(pending, hit) if edge is None else annotation.unlink(edge)), None
 
 
 @dataclass

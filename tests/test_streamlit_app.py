@@ -45,6 +45,10 @@ def _errors(at: AppTest) -> list[str]:
     return [e.value for e in at.error]
 
 
+def _selectbox(at: AppTest, label: str):
+    return next(s for s in at.selectbox if s.label == label)
+
+
 def _button(at: AppTest, label: str):
     return next(b for b in at.button if b.label == label)
 
@@ -100,8 +104,8 @@ def test_click_name_hide_undo_delete_and_link(page: AppTest, tmp_path: Path) -> 
     a = _annotation(page)
     assert a.names == ("nose", "kp1", "kp2") and a.shots[0].visible == (True, True, False)
 
-    page.selectbox(key="link_from").set_value(0)
-    page.selectbox(key="link_to").set_value(2)
+    _selectbox(page, "Link").set_value(0).run()
+    _selectbox(page, "to").set_value(2).run()
     _button(page, "Link").click().run()
     assert _annotation(page).skeleton == ((0, 2),)
     page.button_group[0].set_value(0).run()  # click the edge pill: unlinked
@@ -123,15 +127,15 @@ def test_renaming_the_keypoints_in_the_link_selectors_keeps_the_page(page: AppTe
     for t, (x, y) in enumerate([(100, 80), (300, 90), (200, 300)], start=1):
         page.session_state["clicks_0"] = _click(x, y, width=640, height=480, t=t)
         page.run()
-    assert page.selectbox(key="link_to").value == 1
+    assert _selectbox(page, "to").value == 1
     page.text_input(key="name_1").set_value("tail").run()
     page.text_input(key="name_0").set_value("nose").run()
     assert not page.exception
-    assert page.selectbox(key="link_to").value == 1 and "tail" in page.selectbox(key="link_to").options
+    assert _selectbox(page, "to").value == 1 and "tail" in _selectbox(page, "to").options
     _button(page, "Link").click().run()
     assert _annotation(page).skeleton == ((0, 1),)
     page.button(key="delete_1").click().run()  # the keypoint in the "to" box goes away
-    assert not page.exception and page.selectbox(key="link_to").value in (0, 2)
+    assert not page.exception and _selectbox(page, "to").value in (0, 2)
     _button(page, "↶ Undo").click().run()
     page.text_input(key="name_2").set_value("ear").run()
     assert not page.exception and _annotation(page).names == ("nose", "tail", "ear")
@@ -191,6 +195,46 @@ def test_sample_support_and_clip(page: AppTest) -> None:
     assert page.session_state["video"].summary.startswith("1280×720, 132 frames")
 
 
+def test_a_frame_of_the_video_becomes_the_support_image(page: AppTest, tmp_path: Path) -> None:
+    clip = write_clip(tmp_path, frames=6)
+    _upload(page, "video", "clip.mp4", clip.path.read_bytes(), "video/mp4")
+    page.slider(key="pick_frame").set_value(3).run()
+    _button(page, "Use frame 3 as a support image").click().run()
+    assert not page.exception
+    shot = _annotation(page).shots[0]
+    assert shot.label == "clip_frame3.png" and shot.frame == 3 and shot.size == (160, 120)
+    decoded = cv2.cvtColor(cv2.imread(str(shot.image)), cv2.COLOR_BGR2RGB)
+    assert np.abs(decoded.astype(int) - clip.render(3).astype(int)).mean() < 12  # frame 3 as decoded (lossy clip)
+    page.session_state["clicks_0"] = _click(50, 40, width=640, height=480, t=1)
+    page.run()
+    assert _annotation(page).shots[0].xy == (pytest.approx((12.125, 9.625)),)
+    assert any("--support-frame 3 --keypoints clip_frame3.json" in c.value for c in page.caption)
+
+
+def test_zoom_and_link_by_clicking(page: AppTest, tmp_path: Path) -> None:
+    clip = write_clip(tmp_path, frames=2)
+    _upload_support(page, write_support(clip, tmp_path))
+    for t, (x, y) in enumerate([(100, 80), (300, 90), (200, 300)], start=1):
+        page.session_state["clicks_0"] = _click(x, y, width=640, height=480, t=t)
+        page.run()
+    page.select_slider(key="zoom_0").set_value(2).run()
+    page.slider(key="pan_x_0").set_value(40).run()
+    page.slider(key="pan_y_0").set_value(30).run()  # the top-left quarter, 80x60 image px
+    page.session_state["clicks_0"] = _click(320, 240, width=640, height=480, t=4)
+    page.run()
+    assert _annotation(page).shots[0].xy[3] == pytest.approx((39.5625, 29.5625))  # the middle of the window
+    page.select_slider(key="zoom_0").set_value(1).run()
+    page.toggle(key="link_mode").set_value(True).run()
+    page.session_state["clicks_0"] = _click(100, 80, width=640, height=480, t=5)
+    page.run()
+    assert page.session_state["link_pending"] == 0
+    page.session_state["clicks_0"] = _click(200, 300, width=640, height=480, t=6)
+    page.run()
+    assert _annotation(page).skeleton == ((0, 2),) and page.session_state["link_pending"] is None
+    assert _annotation(page).num_keypoints == 4  # link clicks place nothing
+    assert not page.exception
+
+
 @pytest.mark.slow
 def test_track_a_generated_clip(page: AppTest, tmp_path: Path, checkpoint: Path) -> None:
     clip = write_clip(tmp_path, frames=16)
@@ -213,8 +257,34 @@ def test_track_a_generated_clip(page: AppTest, tmp_path: Path, checkpoint: Path)
     assert [b.label for b in page.download_button][1:] == ["⬇ tracked.mp4", "⬇ keypoints.json", "⬇ keypoints.csv"]
     assert job.paths["video"].name == "my_clip.tracked.mp4"
     assert page.multiselect[0].value == list(clip.names)
-    assert len(page.tabs) == 3
+    assert [t.label for t in page.tabs][:4] == ["Video", "Step and correct", "Compare runs", "Plots"]
     assert json.loads(job.paths["json"].read_text())["names"] == list(clip.names)
+
+    # one correction round: step to frame 8, drag keypoint 0 by 10 px, keep all but the last, add and re-track
+    page.slider(key="step_1").set_value(8).run()
+    draft = page.session_state["draft"]
+    shot = draft.shots[-1]
+    assert shot.frame == 8 and shot.label == "my clip_frame8.png" and shot.size == (160, 120)
+    tracked = json.loads(job.paths["json"].read_text())["frames"][8]
+    assert shot.xy[0] == pytest.approx(tuple(tracked["keypoints"][0]), abs=1e-6)
+    (x, y) = shot.xy[0]
+    drag = {"x1": x * 4 + 1.5, "y1": y * 4 + 1.5, "x2": x * 4 + 41.5, "y2": y * 4 + 1.5, "width": 640, "height": 480}
+    page.session_state["correct_1_8"] = {**drag, "unix_time": 1}
+    page.run()
+    assert page.session_state["draft"].shots[-1].xy[0] == pytest.approx((x + 10, y))
+    last = len(clip.names) - 1
+    page.checkbox(key=f"confirm_{last}").uncheck().run()
+    _button(page, "Add this frame as a support shot and re-track").click().run()
+    support = _annotation(page)
+    assert len(support.shots) == 2 and support.shots[1].visible[last] is False and support.usable().all()
+    runs = page.session_state["runs"]
+    assert len(runs) == 2 and runs[1].shots == 2
+    runs[1].job.join(60)
+    page.run()
+    assert not page.exception and not _errors(page) and runs[1].job.state is JobState.DONE
+    assert json.loads(runs[1].job.paths["json"].read_text())["names"] == list(clip.names)  # none dropped
+    table = page.dataframe[0].value
+    assert list(table["keypoint"]) == list(clip.names) and table.shape == (len(clip.names), 3)
 
 
 def test_bad_uploads_and_too_few_keypoints_are_messages(page: AppTest, tmp_path: Path, checkpoint: Path) -> None:

@@ -4,7 +4,9 @@ screenshot lands in test-artifacts/ (git-ignored)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -70,7 +72,8 @@ def server(tmp_path: Path) -> Iterator[str]:
     """`streamlit run streamlit_app/app.py` on a free localhost port; yields its URL and stops it afterwards."""
     port = _free_port()
     log = tmp_path / "streamlit.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    (tmp_path / "tmp").mkdir()  # the page's session folders land here, where a test can read its runs' files
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "tmp")}
     command = [
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
@@ -147,5 +150,122 @@ def test_click_keypoints_track_and_watch(server: str, tmp_path: Path) -> None:
             page.wait_for_function("document.querySelector('video').readyState >= 2", timeout=15_000)
             assert page.get_by_test_id("stException").count() == 0
             page.screenshot(path=str(ARTIFACTS / "streamlit_after_tracking.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def _slide_to(page, label: str, value: int) -> None:
+    """Move the Streamlit slider labelled `label` to `value` with the keyboard, as a user can."""
+    thumb = page.get_by_test_id("stSlider").filter(has_text=label).get_by_role("slider")
+    thumb.focus()
+    thumb.press("Home")
+    for _ in range(value):
+        thumb.press("ArrowRight")
+    sync_api.expect(thumb).to_have_attribute("aria-valuetext", str(value))
+
+
+def _idle(page) -> None:
+    """Wait until the page has finished its rerun (Streamlit shows a running indicator meanwhile)."""
+    page.wait_for_timeout(300)
+    sync_api.expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+
+
+def _canvas(page, n: int = 0):
+    return page.frame_locator("iframe[title*='streamlit_image_coordinates']").nth(n).locator("#image")
+
+
+def test_label_a_video_frame_rename_track_correct_and_compare(server: str, tmp_path: Path) -> None:
+    """The workflow of a user with their own clip, on the 720p sample and the embedded default model: pick frame
+    36, click the ten keypoints on it, rename the keypoint of the skeleton's "to" box, link two by clicking,
+    track, correct frame 90 by dragging a point, re-track with it as a second shot and compare the two runs;
+    screenshots at 1440 and 1024 px wide."""
+    sample = json.loads((ROOT / "samples" / "sample.json").read_text())
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1440, "height": 2400},  # the page scrolls inside: the screenshots show this much
+        )
+        try:
+            page = browser.pages[0] if browser.pages else browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            expect = sync_api.expect
+            expect.set_options(timeout=TIMEOUT_MS)
+            page.goto(server)
+            page.get_by_role("button", name="Use the sample clip").click()
+            expect(page.get_by_text("1280×720, 132 frames")).to_be_visible()
+            _slide_to(page, "Frame to label", 36)
+            page.get_by_role("button", name="Use frame 36 as a support image").click()
+            image = _canvas(page)
+            expect(image).to_be_visible()
+            box = image.bounding_box()
+            assert box is not None and box["width"] > 300
+            for n, (x, y) in enumerate(sample["keypoints"], start=1):
+                image.click(position={"x": (x + 0.5) / 1280 * box["width"], "y": (y + 0.5) / 720 * box["height"]})
+                expect(page.get_by_text(f"Keypoints · {n}")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "page_frame_picker.png"), full_page=True)
+
+            names = page.get_by_test_id("stTextInput").locator("input")
+            _idle(page)
+            names.nth(1).click()
+            names.nth(1).fill("right_ear")  # the keypoint shown in the skeleton's "to" box: this used to crash
+            names.nth(1).press("Enter")
+            _idle(page)
+            expect(page.get_by_role("combobox", name="to", exact=True)).to_have_value("right_ear")  # shown renamed
+            page.get_by_text("Link by clicking").click()
+            for x, y in (sample["keypoints"][2], sample["keypoints"][3]):  # left eye, right eye
+                image.click(position={"x": (x + 0.5) / 1280 * box["width"], "y": (y + 0.5) / 720 * box["height"]})
+                page.wait_for_timeout(300)
+            expect(page.get_by_text("Skeleton · 1 edge")).to_be_visible()
+            page.get_by_role("button", name="Link", exact=True).click()  # the selectors: kp0 - right_ear
+            expect(page.get_by_text("Skeleton · 2 edges")).to_be_visible()
+            assert page.get_by_test_id("stException").count() == 0
+
+            page.get_by_test_id("stBaseButton-primary").filter(has_text="Track").click()
+            expect(page.get_by_text("Tracked 132 frames")).to_be_visible(timeout=180_000)
+            page.get_by_role("tab", name="Step and correct").click()
+            _slide_to(page, "Frame to check", 90)
+            correct = _canvas(page, 1)
+            expect(correct).to_be_visible()
+            page.wait_for_timeout(500)
+            frame_box = correct.bounding_box()
+            assert frame_box is not None
+            # drag the nose (keypoint 4) 30 display px to the right, from where run 1 put it on frame 90
+            (tracks,) = (tmp_path / "tmp").glob("cape-track-page-*/run1/sample.keypoints.json")  # the session's
+            record = json.loads(tracks.read_text())["frames"][90]
+            x, y = record["keypoints"][4]
+            sx, sy = frame_box["width"] / 1280, frame_box["height"] / 720
+            start = (frame_box["x"] + (x + 0.5) * sx, frame_box["y"] + (y + 0.5) * sy)
+            page.mouse.move(*start)
+            page.mouse.down()
+            page.mouse.move(start[0] + 15, start[1], steps=4)
+            page.mouse.move(start[0] + 30, start[1], steps=4)
+            page.mouse.up()
+            _idle(page)
+            page.screenshot(path=str(ARTIFACTS / "page_correction.png"), full_page=True)
+            page.get_by_role("button", name="Add this frame as a support shot and re-track").click()
+            run = page.get_by_role("combobox", name="Run", exact=True)
+            expect(run).to_have_value(re.compile(r"^Run 2 · 2 support images · 132 frames"), timeout=180_000)
+            expect(page.get_by_text("Tracked 132 frames")).to_be_visible()
+            page.get_by_role("tab", name="Compare runs").click()
+            _slide_to(page, "Frame to compare", 90)
+            expect(page.get_by_test_id("stDataFrame")).to_be_visible()
+            expect(page.get_by_text("mean px apart (all frames)")).to_have_count(1)
+            assert page.get_by_test_id("stException").count() == 0
+            page.screenshot(path=str(ARTIFACTS / "page_correction_compare.png"), full_page=True)
+
+            page.set_viewport_size({"width": 1024, "height": 2400})
+            page.get_by_role("tab", name="Plots").click()
+            page.wait_for_timeout(1500)
+            page.get_by_role("heading", name="4 · Results").scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "page_results_1024.png"), full_page=True)
+            width = page.evaluate("document.querySelector('[data-testid=stMain]').scrollWidth")
+            assert width <= 1024  # nothing runs off the side at 1024 px
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "page_workflow_failed.png"), full_page=True)  # what went wrong
+            raise
         finally:
             browser.close()

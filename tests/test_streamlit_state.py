@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cape_track.model import KeypointFile, SupportFileError
-from cape_track.streamlit_app.state import Annotation, AnnotationError, History, pointer_edit
+from cape_track.streamlit_app.state import Annotation, AnnotationError, History, View, link_click, pointer_edit
 
 
 def _shot(size: tuple[int, int] = (160, 120)) -> Annotation:
@@ -56,7 +56,7 @@ def test_delete_renumbers_the_skeleton_and_every_shot() -> None:
     assert a.place(0, (1, 1)).names == ("kp0", "kp2", "kp3", "kp4")  # a fresh name, never a taken one
 
 
-def test_k_shot_clicks_follow_the_keypoint_list_and_only_shared_points_are_usable() -> None:
+def test_k_shot_clicks_follow_the_keypoint_list_and_a_point_on_any_shot_is_usable() -> None:
     a = _shot()
     for x in (10, 40, 70):
         a = a.place(0, (x, 30))
@@ -65,7 +65,8 @@ def test_k_shot_clicks_follow_the_keypoint_list_and_only_shared_points_are_usabl
     a = a.place(1, (1, 2)).place(1, (3, 4))
     assert a.shots[1].xy == ((1.0, 2.0), (3.0, 4.0), None)
     a = a.set_visible(0, 1, False)
-    assert a.usable().tolist() == [True, False, False]
+    assert a.usable().tolist() == [True, True, True]  # kp1 from shot 1, kp2 from shot 0: ignored per shot only
+    assert a.set_visible(1, 1, False).usable().tolist() == [True, False, True]
     a = a.place(1, (5, 6)).place(1, (7, 8))  # all placed on shot 1: a new keypoint, unplaced on shot 0
     assert a.names == ("kp0", "kp1", "kp2", "kp3") and a.shots[0].xy[3] is None
     images = [np.zeros((120, 160, 3), np.uint8), np.zeros((60, 80, 3), np.uint8)]
@@ -124,3 +125,47 @@ def test_history_undo() -> None:
     h.undo()
     h.undo()
     assert h.current == Annotation() and not h.can_undo
+
+
+def test_a_shot_can_come_with_its_points_prefilled() -> None:
+    """A corrected video frame: the tracked points placed (clamped into the image), None where the tracker hid
+    the keypoint, so only the points shown count as confirmed."""
+    a = _shot().place(0, (10, 10)).place(0, (20, 20)).place(0, (30, 30))
+    b = a.add_shot(Path("f.png"), "clip_frame8.png", (80, 60), xy=[(5.0, 6.0), None, (90.0, -3.0)], frame=8)
+    shot = b.shots[1]
+    assert shot.xy == ((5.0, 6.0), None, (79.0, 0.0)) and shot.visible == (True, False, True) and shot.frame == 8
+    assert b.shots[0].frame is None and b.shots[1].next_unplaced() == 1
+    with pytest.raises(AnnotationError, match="2 points for 3 keypoints"):
+        a.add_shot(Path("f.png"), "f.png", (80, 60), xy=[(1.0, 1.0), None])
+
+
+def test_a_zoomed_view_maps_clicks_into_its_window() -> None:
+    view = View.of((160, 120), zoom=2, center=(150, 10))  # kept inside the image: the top-right quarter
+    assert (view.left, view.top, view.width, view.height) == (80.0, 0.0, 80.0, 60.0)
+    event = {"width": 640, "height": 480}
+    assert view.to_image(event, 319.5, 239.5) == pytest.approx((119.5, 29.5))
+    assert view.image_per_display(event) == pytest.approx(0.125)
+    assert View.of((160, 120), zoom=0.5) == View.of((160, 120))  # never smaller than the whole image
+    a = _shot().place(0, (100.0, 20.0))
+    drag = {"x1": 163.5, "y1": 163.5, "x2": 243.5, "y2": 163.5, "width": 640, "height": 480}  # starts on the point
+    assert pointer_edit(a, 0, drag, view).shots[0].xy[0] == pytest.approx((110.0, 20.0))
+
+
+def test_linking_by_two_clicks_joins_and_a_third_pair_click_unjoins() -> None:
+    a = _shot().place(0, (10, 10)).place(0, (100, 50)).place(0, (150, 100))
+
+    def at(x: float, y: float) -> dict:
+        return {"x1": x, "y1": y, "x2": x, "y2": y, "width": 160, "height": 120}  # display = image px
+
+    a, pending = link_click(a, 0, at(11, 9), None)
+    assert pending == 0 and a.skeleton == ()
+    a, pending = link_click(a, 0, at(150, 99), pending)
+    assert pending is None and a.skeleton == ((0, 2),)
+    b, pending = link_click(a, 0, at(60, 60), None)  # away from every keypoint: nothing picked
+    assert pending is None and b == a
+    b, pending = link_click(a, 0, at(10, 10), None)
+    b, pending = link_click(b, 0, at(10, 10), pending)  # the picked one again: the pick is dropped
+    assert pending is None and b == a
+    _, pending = link_click(a, 0, at(150, 100), None)
+    a, _ = link_click(a, 0, at(10, 10), pending)  # the same pair in the other order removes the edge
+    assert a.skeleton == ()

@@ -281,6 +281,21 @@ def test_from_arrays_single_and_multi_shot():
     assert stacked.shots == 2 and stacked.images[1].shape == (30, 40, 3)
 
 
+def test_with_shot_adds_a_frame_with_its_confirmed_keypoints():
+    one = SupportSet.from_arrays(np.zeros((30, 40, 3), np.uint8), [[1.0, 2.0], [39.5, 29.5]], names=["a", "b"])
+    frame = np.zeros((60, 80, 3), np.uint8)
+    two = one.with_shot(frame, [[70.0, 50.0], [-5.0, 3.0]], visible=[True, False])  # b unconfirmed, off the frame
+    assert two.shots == 2 and two.names == ("a", "b") and two.images[1] is frame
+    assert two.visible.tolist() == [[True, True], [True, False]] and two.keypoints[1, 0].tolist() == [70.0, 50.0]
+    assert one.shots == 1  # the support is a value: adding a shot makes a new one
+    with pytest.raises(SupportFileError, match=r"new support shot: keypoints have shape \(1, 2\), expected \(2, 2\)"):
+        one.with_shot(frame, [[1.0, 2.0]])
+    with pytest.raises(SupportFileError, match=r"new support shot: visible has shape \(3,\)"):
+        one.with_shot(frame, [[1.0, 2.0], [3.0, 4.0]], visible=[1, 1, 0])
+    with pytest.raises(SupportFileError, match="support shot 1: keypoint 0 at \\(90, 2\\) lies outside"):
+        one.with_shot(frame, [[90.0, 2.0], [3.0, 4.0]])
+
+
 @pytest.mark.parametrize(
     ("images", "keypoints", "problem"),
     [

@@ -1,5 +1,5 @@
-"""THE drawing code: keypoints with per-keypoint colours, the skeleton, low scores faded, and text labels. Used by
-the video and window sinks and by the Streamlit page; images are RGB uint8 and are drawn on in place."""
+"""THE drawing code: keypoints with per-keypoint colours, the skeleton, low scores faded, names, and text labels.
+Used by the video and window sinks and by the Streamlit page; images are RGB uint8 and are drawn on in place."""
 
 from __future__ import annotations
 
@@ -10,14 +10,22 @@ import numpy as np
 
 _SHIFT = 4  # OpenCV fixed-point bits, so points land on sub-pixel positions
 _ONE = 1 << _SHIFT
-_GREY = np.array([128.0, 128.0, 128.0])
+_GOLDEN = 0.6180339887498949  # hue step: consecutive keypoints far apart on the colour wheel, for any N
+MIN_OPACITY = 0.15  # a visible keypoint of score 0 is drawn this opaque over the image
 
 
 def keypoint_colors(num_keypoints: int) -> np.ndarray:
-    """[N, 3] uint8 RGB: evenly spaced saturated hues, so keypoint i has the same colour in every view."""
-    hues = (np.arange(num_keypoints) * 180 / max(num_keypoints, 1)).astype(np.uint8)  # OpenCV hue is 0..179
+    """[N, 3] uint8 RGB. Keypoint i's colour depends on i alone (golden-ratio hue steps), so it stays the same
+    as keypoints are added, in every view (page, video, plots) and for every N."""
+    hues = ((np.arange(num_keypoints) * _GOLDEN) % 1.0 * 180).astype(np.uint8)  # OpenCV hue is 0..179
     hsv = np.stack([hues, np.full_like(hues, 230), np.full_like(hues, 255)], axis=-1)[None]
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]
+
+
+def hex_color(rgb: Sequence[int]) -> str:
+    """`#rrggbb` for an RGB triple (charts and HTML use the video's colours)."""
+    r, g, b = (int(c) for c in rgb)
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def draw_pose(
@@ -31,31 +39,36 @@ def draw_pose(
 ) -> np.ndarray:
     """Draw keypoints `xy` [N, 2] (image px) on `image` [H, W, 3] RGB uint8, in place; returns `image`.
 
-    Each keypoint is washed towards grey as its score [N] in [0, 1] drops; a keypoint that is not visible is drawn
-    as a thin ring at its last position, and skeleton edges touching it are left out.
+    A keypoint's opacity over the image follows its score [N] in [0, 1] (from `MIN_OPACITY` at 0 to opaque at 1),
+    so a point scored 0.3 is visibly see-through; a keypoint that is not visible is not drawn, nor are the edges
+    touching it. `names` are written beside the visible points.
     """
     n = len(xy)
-    scores = np.ones(n) if scores is None else np.clip(np.asarray(scores, np.float64), 0.0, 1.0)
+    scores = np.ones(n) if scores is None else np.clip(np.nan_to_num(np.asarray(scores, np.float64)), 0.0, 1.0)
     visible = np.ones(n, bool) if visible is None else np.asarray(visible, bool)
-    colors = keypoint_colors(n) if colors is None else np.asarray(colors)
-    opacity = 0.25 + 0.75 * scores  # [N]
-    faded = colors * opacity[:, None] + _GREY * (1 - opacity[:, None])  # [N, 3]
-    radius = max(2, round(min(image.shape[:2]) / 100))
-    width = max(1, radius // 2)
+    visible = visible & np.isfinite(np.asarray(xy, np.float64)).all(axis=1)
+    colors = keypoint_colors(n) if colors is None else np.asarray(colors, np.float64)
+    opacity = MIN_OPACITY + (1 - MIN_OPACITY) * scores  # [N]
+    height, width = image.shape[:2]
+    radius = max(2, round(min(height, width) / 100))
+    line = max(1, radius // 2)
     fixed = np.round(np.nan_to_num(xy) * _ONE).astype(np.int64)
+    under = _colors_under(image, xy)  # [N, 3] the image where each point lies: what a faded point blends into
+    seen = opacity[:, None] * colors + (1 - opacity[:, None]) * under  # [N, 3]
+    rim = (1 - opacity[:, None]) * under  # a dark outline, as faded as its point
     for i, j in skeleton:
         if visible[i] and visible[j]:
-            color = (faded[i] + faded[j]) / 2
-            cv2.line(image, tuple(fixed[i]), tuple(fixed[j]), color.tolist(), width, cv2.LINE_AA, _SHIFT)
-    for k in range(n):
-        center, color = tuple(fixed[k]), faded[k].tolist()
-        if visible[k]:
-            cv2.circle(image, center, (radius + 1) * _ONE, (0, 0, 0), -1, cv2.LINE_AA, _SHIFT)
-            cv2.circle(image, center, radius * _ONE, color, -1, cv2.LINE_AA, _SHIFT)
-        else:
-            cv2.circle(image, center, radius * _ONE, color, 1, cv2.LINE_AA, _SHIFT)
-        if names is not None:
-            draw_text(image, names[k], (int(xy[k][0]) + radius + 2, int(xy[k][1]) - radius - 2), scale=0.35)
+            color = (seen[i] + seen[j]) / 2
+            cv2.line(image, tuple(fixed[i]), tuple(fixed[j]), color.tolist(), line, cv2.LINE_AA, _SHIFT)
+    for k in np.flatnonzero(visible):
+        center = tuple(fixed[k])
+        cv2.circle(image, center, (radius + 1) * _ONE, rim[k].tolist(), -1, cv2.LINE_AA, _SHIFT)
+        cv2.circle(image, center, radius * _ONE, seen[k].tolist(), -1, cv2.LINE_AA, _SHIFT)
+    if names is not None:
+        scale = max(0.35, min(height, width) / 1500)
+        for k in np.flatnonzero(visible):
+            origin = (int(xy[k][0]) + radius + 2, int(xy[k][1]) - radius - 2)
+            draw_text(image, names[k], origin, scale=scale)
     return image
 
 
@@ -64,3 +77,12 @@ def draw_text(image: np.ndarray, text: str, origin: tuple[int, int] = (8, 20), s
     for color, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
         cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
     return image
+
+
+def _colors_under(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """[N, 3] float: the pixel under each point (clamped into the image)."""
+    height, width = image.shape[:2]
+    points = np.nan_to_num(np.asarray(xy, np.float64))
+    cols = np.clip(np.round(points[:, 0]).astype(np.int64), 0, width - 1)
+    rows = np.clip(np.round(points[:, 1]).astype(np.int64), 0, height - 1)
+    return image[rows, cols].astype(np.float64)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
@@ -20,7 +19,6 @@ from cape_track.model import CapeModel, SupportEmbedding, SupportSet
 from cape_track.model.matching import FinderConfig, Found, KeypointFinder
 from cape_track.model.transforms import SquareBox, crop_to_input, input_to_frame, normalize_images
 from cape_track.tracker.accel import Accelerator, HostResult
-from cape_track.tracker.errors import TrackerWarning
 from cape_track.tracker.frames import Frame, FrameResult, TrackInfo
 from cape_track.tracker.roi import RoiConfig, follow, support_fraction, whole_frame, zoom_support
 from cape_track.tracker.sinks import Sink
@@ -148,17 +146,6 @@ class Tracker:
         use_finder = self.config.finder == "match" or (self.config.finder == "auto" and is_set and model.can_match)
         if use_finder and not is_set:
             raise ValueError("the keypoint finder needs the SupportSet (images and keypoints), not an embedding")
-        if not use_finder and is_set and support.shots > 1:
-            partial = [
-                n for n, vis in zip(support.names, support.visible.T, strict=True) if vis.any() and not vis.all()
-            ]
-            if partial:
-                warnings.warn(
-                    f"{', '.join(partial[:5])}: not placed on every support image; the network ignores such a "
-                    "keypoint everywhere (the paper's rule), so it is never found (place it on every image)",
-                    TrackerWarning,
-                    stacklevel=2,
-                )
         self.finder = (
             KeypointFinder(
                 self.model.encode_match_support(

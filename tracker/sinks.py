@@ -408,7 +408,7 @@ class VideoSink(Sink):
         info = self._info
         canvas = np.zeros((self._stream.height, self._stream.width, 3), np.uint8)
         canvas[: info.height, : info.width] = image
-        draw_pose(canvas, result.xy_frame, result.scores, result.visible, info.skeleton, colors=self._colors)
+        draw_pose(canvas, result.xy_frame, result.scores, result.visible, info.skeleton, info.names, self._colors)
         video_frame = av.VideoFrame.from_ndarray(canvas, format="rgb24")
         self._last_pts = max(round(result.time * 1000), self._last_pts + 1)
         video_frame.pts, video_frame.time_base = self._last_pts, Fraction(1, 1000)
