@@ -275,7 +275,7 @@ def annotate(annotation: Annotation, k: int) -> None:
     keypoint, a drag moves one; in link mode two clicks join two keypoints. Zoom shows a window of the image."""
     shot = annotation.shots[k]
     n = annotation.num_keypoints
-    zoom_box, link_box = st.columns([3, 2], vertical_alignment="bottom")
+    zoom_box, link_box = st.columns(2, vertical_alignment="bottom")
     zoom = zoom_box.select_slider("Zoom", ZOOMS, key=f"zoom_{k}", format_func=lambda z: f"{z}×")
     linking = link_box.toggle("Link by clicking", key="link_mode", help="click two keypoints to join them")
     view = View.of(shot.size)
@@ -348,11 +348,17 @@ def drawn(annotation: Annotation, k: int, view: View, pending: int | None = None
         skeleton=[(slot[a], slot[b]) for a, b in annotation.skeleton if a in slot and b in slot],
         names=[annotation.names[i] for i in placed],
         colors=colors[placed],
+        radius=canvas_radius(picture),
     )
     if pending in slot:
         center = tuple(int(v) for v in np.round(xy[slot[pending]]))
         cv2.circle(picture, center, max(8, round(min(size) / 40)), (255, 255, 255), 2, cv2.LINE_AA)
     return picture
+
+
+def canvas_radius(picture: np.ndarray) -> int:
+    """Dots big enough to see and grab on a picture the page shows at about half its pixels."""
+    return max(5, round(min(picture.shape[:2]) / 60))
 
 
 def remove_shot(k: int) -> None:
@@ -369,9 +375,10 @@ def keypoint_list(annotation: Annotation, k: int) -> None:
         st.caption("None yet: click on the image.")
         return
     colors = keypoint_colors(annotation.num_keypoints)
+    st.caption("name · visible on this image · delete")
     with st.container(height=LIST_HEIGHT if annotation.num_keypoints > LIST_ROWS else "content", border=False):
         for i, (uid, name) in enumerate(zip(annotation.ids, annotation.names, strict=True)):
-            swatch, label, flag, delete = st.columns([0.3, 2.2, 1.5, 0.6], vertical_alignment="center")
+            swatch, label, flag, delete = st.columns([0.3, 2.4, 0.6, 0.7], vertical_alignment="center")
             swatch.markdown(
                 f"<span style='color:{hex_color(colors[i])};font-size:1.4em'>●</span>", unsafe_allow_html=True
             )
@@ -381,7 +388,14 @@ def keypoint_list(annotation: Annotation, k: int) -> None:
                 flag.caption("next" if i == shot.next_unplaced() else "not placed")
             else:
                 st.session_state[f"visible_{uid}_{k}"] = shot.visible[i]
-                flag.checkbox("visible", key=f"visible_{uid}_{k}", on_change=toggle_visible, args=(uid, k))
+                flag.checkbox(
+                    "visible",
+                    key=f"visible_{uid}_{k}",
+                    on_change=toggle_visible,
+                    args=(uid, k),
+                    label_visibility="collapsed",
+                    help=f"{name} visible on this image (untick: occluded here)",
+                )
             delete.button("✕", key=f"delete_{uid}", on_click=delete_keypoint, args=(uid,), help=f"delete {name}")
 
 
@@ -724,7 +738,8 @@ def annotated_frame(run: Run, tracks: Tracks, index: int) -> np.ndarray:
     if row is not None:
         scores = tracks.scores[row] if tracks.scores is not None else None
         colors = keypoint_colors(len(tracks.names))
-        draw_pose(image, tracks.xy[row], scores, tracks.visible[row], tracks.skeleton, tracks.names, colors)
+        radius = canvas_radius(image) * max(image.shape[:2]) // DISPLAY_SIDE  # as on the canvas once shown
+        draw_pose(image, tracks.xy[row], scores, tracks.visible[row], tracks.skeleton, tracks.names, colors, radius)
     return image
 
 
@@ -767,12 +782,13 @@ def correction(run: Run, tracks: Tracks, settings: Settings) -> None:
         colors = keypoint_colors(draft.num_keypoints)
         with st.container(height=LIST_HEIGHT if draft.num_keypoints > LIST_ROWS else "content", border=False):
             for i, name in enumerate(draft.names):
-                dot = f"<span style='color:{hex_color(colors[i])}'>●</span> {name}"
+                swatch, row = st.columns([0.12, 1], vertical_alignment="center")
+                swatch.markdown(f"<span style='color:{hex_color(colors[i])}'>●</span>", unsafe_allow_html=True)
                 if shot.xy[i] is None:
-                    st.markdown(f"{dot} · not placed (click to place it)", unsafe_allow_html=True)
+                    row.markdown(f"{name} · not placed (click to place it)")
                     continue
                 st.session_state[f"confirm_{i}"] = shot.visible[i]
-                st.checkbox(dot, key=f"confirm_{i}", on_change=confirm, args=(i,))
+                row.checkbox(name, key=f"confirm_{i}", on_change=confirm, args=(i,))
         st.button(
             "Add this frame as a support shot and re-track",
             on_click=add_correction,

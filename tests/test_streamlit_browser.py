@@ -145,6 +145,7 @@ def test_click_keypoints_track_and_watch(server: str, tmp_path: Path) -> None:
             video = page.locator("video")
             expect(video).to_be_visible(timeout=60_000)
             expect(page.get_by_text("Tracked 24 frames")).to_be_visible()
+            page.get_by_role("tab", name="Plots").click()
             expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible()
             expect(page.get_by_role("button", name="Cancel")).to_have_count(0)  # the run's progress is gone
             page.wait_for_function("document.querySelector('video').readyState >= 2", timeout=15_000)
@@ -233,10 +234,10 @@ def test_label_a_video_frame_rename_track_correct_and_compare(server: str, tmp_p
             page.wait_for_timeout(500)
             frame_box = correct.bounding_box()
             assert frame_box is not None
-            # drag the nose (keypoint 4) 30 display px to the right, from where run 1 put it on frame 90
+            # drag the first keypoint run 1 shows on frame 90 by 30 display px to the right
             (tracks,) = (tmp_path / "tmp").glob("cape-track-page-*/run1/sample.keypoints.json")  # the session's
             record = json.loads(tracks.read_text())["frames"][90]
-            x, y = record["keypoints"][4]
+            x, y = record["keypoints"][record["visible"].index(True)]
             sx, sy = frame_box["width"] / 1280, frame_box["height"] / 720
             start = (frame_box["x"] + (x + 0.5) * sx, frame_box["y"] + (y + 0.5) * sy)
             page.mouse.move(*start)

@@ -36,12 +36,14 @@ def draw_pose(
     skeleton: Sequence[Sequence[int]] = (),
     names: Sequence[str] | None = None,
     colors: np.ndarray | None = None,
+    radius: int | None = None,
 ) -> np.ndarray:
     """Draw keypoints `xy` [N, 2] (image px) on `image` [H, W, 3] RGB uint8, in place; returns `image`.
 
     A keypoint's opacity over the image follows its score [N] in [0, 1] (from `MIN_OPACITY` at 0 to opaque at 1),
     so a point scored 0.3 is visibly see-through; a keypoint that is not visible is not drawn, nor are the edges
-    touching it. `names` are written beside the visible points.
+    touching it. `names` are written beside the visible points. `radius` (px; default 1 % of the shorter side)
+    sets the dots, the lines and the text, for a picture shown smaller than its pixels (the page).
     """
     n = len(xy)
     scores = np.ones(n) if scores is None else np.clip(np.nan_to_num(np.asarray(scores, np.float64)), 0.0, 1.0)
@@ -50,7 +52,7 @@ def draw_pose(
     colors = keypoint_colors(n) if colors is None else np.asarray(colors, np.float64)
     opacity = MIN_OPACITY + (1 - MIN_OPACITY) * scores  # [N]
     height, width = image.shape[:2]
-    radius = max(2, round(min(height, width) / 100))
+    radius = radius or max(2, round(min(height, width) / 100))
     line = max(1, radius // 2)
     fixed = np.round(np.nan_to_num(xy) * _ONE).astype(np.int64)
     under = _colors_under(image, xy)  # [N, 3] the image where each point lies: what a faded point blends into
@@ -65,7 +67,7 @@ def draw_pose(
         cv2.circle(image, center, (radius + 1) * _ONE, rim[k].tolist(), -1, cv2.LINE_AA, _SHIFT)
         cv2.circle(image, center, radius * _ONE, seen[k].tolist(), -1, cv2.LINE_AA, _SHIFT)
     if names is not None:
-        scale = max(0.35, min(height, width) / 1500)
+        scale = max(0.35, radius / 14)
         for k in np.flatnonzero(visible):
             origin = (int(xy[k][0]) + radius + 2, int(xy[k][1]) - radius - 2)
             draw_text(image, names[k], origin, scale=scale)
