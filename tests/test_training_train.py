@@ -28,14 +28,24 @@ def _settings(root: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def test_the_cosine_schedule_warms_up_then_falls_to_its_floor() -> None:
+    cfg = get_config("default")  # lr 3e-4, warm-up 200 iterations from lr / 200, floor 0.1 x lr
+    assert learning_rate(cfg, 0, 0, 2000) == pytest.approx(1.5e-6)
+    assert learning_rate(cfg, 100, 0, 2000) == pytest.approx(3e-4 * (1 - 0.5 * 0.995))
+    assert learning_rate(cfg, 200, 1, 2000) == pytest.approx(3e-4)
+    assert learning_rate(cfg, 1100, 11, 2000) == pytest.approx(3e-4 * (0.1 + 0.9 * 0.5))
+    assert learning_rate(cfg, 2000, 19, 2000) == pytest.approx(3e-5)
+    assert learning_rate(cfg, 5000, 19, 2000) == pytest.approx(3e-5)  # past the end: the floor
+
+
 def test_learning_rate_follows_warmup_and_steps() -> None:
     cfg = get_config("tiny-1shot-split1")
-    assert learning_rate(cfg, 0, 0) == pytest.approx(1e-8)  # warm-up starts at 0.001 x lr
-    assert learning_rate(cfg, 500, 0) == pytest.approx(1e-5 * (1 - 0.5 * 0.999))
-    assert learning_rate(cfg, 1000, 3) == pytest.approx(1e-5)
-    assert learning_rate(cfg, 99999, 159) == pytest.approx(1e-5)
-    assert learning_rate(cfg, 99999, 160) == pytest.approx(1e-6)
-    assert learning_rate(cfg, 99999, 199) == pytest.approx(1e-7)
+    assert learning_rate(cfg, 0, 0, 10**6) == pytest.approx(1e-8)  # warm-up starts at 0.001 x lr
+    assert learning_rate(cfg, 500, 0, 10**6) == pytest.approx(1e-5 * (1 - 0.5 * 0.999))
+    assert learning_rate(cfg, 1000, 3, 10**6) == pytest.approx(1e-5)
+    assert learning_rate(cfg, 99999, 159, 10**6) == pytest.approx(1e-5)
+    assert learning_rate(cfg, 99999, 160, 10**6) == pytest.approx(1e-6)
+    assert learning_rate(cfg, 99999, 199, 10**6) == pytest.approx(1e-7)
 
 
 def test_a_few_cpu_steps_reduce_the_loss(generated_mp100: Path) -> None:

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from cape_track.model.config import get_preset
-from cape_track.training import default_recipe, views
+from cape_track.model import CapeModel
+from cape_track.training import views
+from cape_track.training.config import ConfigError, get_config
+from cape_track.training.train import build_model, main, train
 from cape_track.training.views import ViewConfig, make_episode, make_pair_episode
 
 SIZE = 128
@@ -98,63 +100,89 @@ def test_elastic_warp_moves_points_with_the_image() -> None:
 
 
 @pytest.mark.slow
-def test_recipe_trains_validates_resumes_and_fine_tunes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two steps on a tiny image set (the real lite0 model at a 128 px input), a resume, and a fine-tuning start."""
+def test_the_default_setting_trains_validates_resumes_and_fine_tunes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded model's recipe through cape-train's one loop: two steps on a tiny image set (the real lite0
+    model at a 128 px input), a resume mid-epoch, an export, and a fine-tuning start from it."""
     rng = np.random.default_rng(3)
     stills = [_texture(rng) for _ in range(3)]
     clip = [_texture(rng) for _ in range(6)]
-    monkeypatch.setattr(default_recipe, "load_images", lambda split: stills)
-    monkeypatch.setattr(default_recipe, "load_clips", lambda split: [clip])
-    monkeypatch.setattr(
-        default_recipe, "get_preset", lambda name: dataclasses.replace(get_preset(name), input_size=SIZE)
-    )
+    monkeypatch.setattr(views, "load_images", lambda split: stills)
+    monkeypatch.setattr(views, "load_clips", lambda split: [clip])
     seen: list[dict[str, torch.Tensor]] = []  # the weights each validation saw
-    validate = default_recipe.validate
+    validate = views.ViewEpisodes.validate
     monkeypatch.setattr(
-        default_recipe,
+        views.ViewEpisodes,
         "validate",
-        lambda model, *a: seen.append(copy.deepcopy(model.state_dict())) or validate(model, *a),
+        lambda self, model: seen.append(copy.deepcopy(model.state_dict())) or validate(self, model),
     )
-    cfg = default_recipe.RecipeConfig(
-        episodes_per_step=2, queries_per_episode=2, steps=2, warmup=1, val_every=1, val_episodes=2, pair_prob=0.5
+    run = tmp_path / "run"
+    cfg = dataclasses.replace(
+        get_config("default"),
+        input_size=SIZE,
+        batch_size=2,
+        train_queries=2,
+        steps_per_epoch=2,
+        epochs=2,
+        warmup_iters=1,
+        val_episodes=2,
+        pair_prob=0.5,
+        out_dir=str(run),
+        max_steps=3,
+        log_every=1,
     )
-    out = tmp_path / "run"
-    default_recipe.train(out, minutes=5, cfg=cfg)
-    rows = list(csv.DictReader((out / "curve.csv").open()))
-    assert [int(r["step"]) for r in rows] == [0, 1, 2]
-    assert all(0.0 <= float(r["val_pck10"]) <= 1.0 for r in rows)
-    assert torch.load(out / "state.pt", weights_only=True)["step"] == 2
+    train(cfg, "cpu")  # stops after step 3, in epoch 2: a resumable checkpoint mid-epoch
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [2] and 0.0 <= float(rows[0]["val_PCK@0.1"]) <= 1.0
+    assert float(rows[0]["similarity_loss"]) > 0  # the recipe's extra term is in the loss
+    assert len(seen) == 2  # at the start (a working matcher) and after epoch 1
     key = "proposal.query_proj.weight"
-    assert not torch.equal(seen[0][key], seen[2][key])  # it trained the head ...
+    assert not torch.equal(seen[0][key], seen[1][key])  # it trained the head ...
     backbone = next(k for k in seen[0] if k.startswith("backbone.") and seen[0][k].is_floating_point())
-    assert torch.equal(seen[0][backbone], seen[2][backbone])  # ... and left the backbone frozen
+    assert torch.equal(seen[0][backbone], seen[1][backbone])  # ... and left the backbone frozen
+    state = torch.load(run / "last.pt", weights_only=True)["train"]
+    assert (state["epoch"], state["step"], state["batch"]) == (1, 3, 1)
 
-    default_recipe.train(out, minutes=5, cfg=dataclasses.replace(cfg, steps=3))  # resumes at step 2
-    assert torch.load(out / "state.pt", weights_only=True)["step"] == 3
-    assert [int(r["step"]) for r in csv.DictReader((out / "curve.csv").open())] == [0, 1, 2, 3]
+    train(dataclasses.replace(cfg, max_steps=None), "cpu", resume="auto")  # resumes at step 3, finishes epoch 2
+    assert [int(r["step"]) for r in csv.DictReader((run / "metrics.csv").open())] == [2, 4]
+    assert (run / "final.pt").is_file()
 
-    exported = tmp_path / "model.pt"
-    default_recipe.export(out, exported, cfg)
+    exported = tmp_path / "model.safetensors"
+    assert main(["default", "--set", f"out_dir={run}", "--export", str(exported)]) == 0
     seen.clear()
-    default_recipe.train(tmp_path / "tuned", minutes=5, cfg=dataclasses.replace(cfg, steps=1), init=exported)
-    trained = torch.load(out / "state.pt", weights_only=True)["model"]
-    torch.testing.assert_close(seen[0][key], trained[key], atol=2e-3, rtol=1e-2)  # started from the export (fp16)
+    tuned = dataclasses.replace(
+        cfg,
+        init_checkpoint=str(exported),
+        matcher_init=False,
+        tune_blocks=1,
+        out_dir=str(tmp_path / "tuned"),
+        max_steps=1,
+    )
+    train(tuned, "cpu")
+    assert seen, "the fine-tuning start was validated"
+    exported_weights = CapeModel.from_checkpoint(exported).state_dict()
+    torch.testing.assert_close(seen[0][key], exported_weights[key].float())  # it started from the export
 
 
-def test_recipe_can_tune_the_last_backbone_stages() -> None:
-    frozen = default_recipe.build_model(default_recipe.RecipeConfig())
+def test_the_default_setting_can_tune_the_last_backbone_stages() -> None:
+    cfg = dataclasses.replace(get_config("default"), imagenet_init=False)
+    frozen = build_model(cfg)
     assert not any(p.requires_grad for p in frozen.backbone.parameters())
-    tuned = default_recipe.build_model(default_recipe.RecipeConfig(tune_blocks=1))
+    tuned = build_model(dataclasses.replace(cfg, tune_blocks=1))
     stages = tuned.backbone.body.blocks
     assert all(p.requires_grad for p in stages[-1].parameters())
     assert not any(p.requires_grad for stage in stages[:-1] for p in stage.parameters())
-    with pytest.raises(ValueError, match="stages to tune"):
-        default_recipe.build_model(default_recipe.RecipeConfig(tune_blocks=99))
+    with pytest.raises(ConfigError, match="stages to tune"):
+        build_model(dataclasses.replace(cfg, tune_blocks=99))
+    with pytest.raises(ConfigError, match="tune_blocks"):
+        dataclasses.replace(cfg, freeze_backbone=False, tune_blocks=1)
 
 
-def test_recipe_reports_an_unreadable_init_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_an_unreadable_init_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    assert default_recipe.main(["--out", str(tmp_path / "run"), "--init", str(bad), "--steps", "1"]) == 2
+    overrides = ["--set", f"init_checkpoint={bad}", "--set", f"out_dir={tmp_path / 'run'}", "--set", "max_steps=1"]
+    assert main(["default-finetune", *overrides]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error:" in err[0]

