@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tempfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import altair as alt
@@ -24,7 +24,14 @@ from streamlit_image_coordinates import streamlit_image_coordinates
 from cape_track.model import CapeError, CapeModel, KeypointFile
 from cape_track.model.support import load_image
 from cape_track.streamlit_app.job import JobState, TrackingJob
-from cape_track.streamlit_app.runs import Run, correction_points, disagreement, mean_disagreement, row_of
+from cape_track.streamlit_app.runs import (
+    Run,
+    Video,
+    correction_points,
+    disagreement,
+    mean_disagreement,
+    row_of,
+)
 from cape_track.streamlit_app.state import (
     Annotation,
     AnnotationError,
@@ -50,14 +57,6 @@ POLL_S = 0.5  # how often the progress bar refreshes while tracking
 CHECKPOINTS = ("Embedded default", "File on this machine", "Upload a file")
 ZOOMS = (1, 2, 3, 4)  # support canvas magnifications
 PLOTTED = 12  # keypoints plotted by default (all are selectable)
-
-
-@dataclass(frozen=True)
-class Video:
-    path: Path  # the file tracked (in the session folder, or the bundled sample)
-    label: str  # the name the user knows it by
-    summary: str  # size, frames and rate, for the page
-    frames: int | None  # frame count from the container (None: it does not say)
 
 
 @dataclass(frozen=True)
@@ -279,12 +278,15 @@ def annotate(annotation: Annotation, k: int) -> None:
     zoom = zoom_box.select_slider("Zoom", ZOOMS, key=f"zoom_{k}", format_func=lambda z: f"{z}×")
     linking = link_box.toggle("Link by clicking", key="link_mode", help="click two keypoints to join them")
     view = View.of(shot.size)
-    if zoom > 1:
+    if zoom > 1 and min(shot.size) > 1:
         across, down = st.columns(2)
         cx = across.slider("Pan ↔", 0, shot.size[0] - 1, shot.size[0] // 2, key=f"pan_x_{k}")
         cy = down.slider("Pan ↕", 0, shot.size[1] - 1, shot.size[1] // 2, key=f"pan_y_{k}")
         view = View.of(shot.size, zoom, (cx, cy))
-    pending = st.session_state.get("link_pending") if linking else None
+    if not linking:
+        st.session_state.pop("link_pending", None)
+    pending_id = st.session_state.get("link_pending")  # a stable id: deletes and undo cannot retarget it
+    pending = annotation.ids.index(pending_id) if pending_id in annotation.ids else None
     following = shot.next_unplaced()
     if linking:
         picked = (
@@ -298,7 +300,7 @@ def annotate(annotation: Annotation, k: int) -> None:
     event = canvas(drawn(annotation, k, view, pending), f"clicks_{k}")
     if event is not None:
         if linking:
-            edited, st.session_state.link_pending = link_click(annotation, k, event, pending, view)
+            edited, st.session_state.link_pending = link_click(annotation, k, event, pending_id, view)
         else:
             edited = pointer_edit(annotation, k, event, view)
         history().apply(edited)
@@ -320,18 +322,17 @@ def canvas(image: np.ndarray, key: str) -> dict | None:
     return event
 
 
-def drawn(annotation: Annotation, k: int, view: View, pending: int | None = None) -> np.ndarray:
-    """The part `view` of shot `k`, resized for display, with its placed keypoints, names and skeleton drawn by the
-    tracker's `draw_pose` (colours match the tracked video); `pending`, a keypoint picked for linking, ringed."""
+def drawn(
+    annotation: Annotation, k: int, view: View, pending: int | None = None, image: np.ndarray | None = None
+) -> np.ndarray:
+    """The part `view` of shot `k` (of `image` when given: a video frame not saved yet), resized for display, with
+    its placed keypoints, names and skeleton drawn by the tracker's `draw_pose` (colours match the tracked video;
+    a hidden one as a ring, where it can still be dragged); `pending`, a keypoint picked for linking, ringed."""
     shot = annotation.shots[k]
-    image = image_of(shot.image)
-    x0, y0 = int(view.left), int(view.top)
-    x1, y1 = (
-        min(shot.size[0], int(np.ceil(view.left + view.width))),
-        min(shot.size[1], int(np.ceil(view.top + view.height))),
-    )
-    window = image[y0:y1, x0:x1]
-    scale = min(DISPLAY_SIDE / max(window.shape[1], window.shape[0]), MAX_UPSCALE * max(1.0, shot.size[0] / view.width))
+    image = image_of(shot.image) if image is None else image
+    x0, y0 = int(view.left), int(view.top)  # `View.of` keeps whole pixels: this crop is exactly the view
+    window = image[y0 : y0 + int(view.height), x0 : x0 + int(view.width)]
+    scale = min(DISPLAY_SIDE / max(window.shape[:2]), MAX_UPSCALE * shot.size[0] / view.width)
     size = (max(1, round(window.shape[1] * scale)), max(1, round(window.shape[0] * scale)))
     picture = cv2.resize(window, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     placed = [i for i, p in enumerate(shot.xy) if p is not None]
@@ -344,11 +345,12 @@ def drawn(annotation: Annotation, k: int, view: View, pending: int | None = None
     draw_pose(
         picture,
         xy,
-        visible=np.array([shot.visible[i] or i == pending for i in placed]),
+        visible=np.array([shot.visible[i] for i in placed]),
         skeleton=[(slot[a], slot[b]) for a, b in annotation.skeleton if a in slot and b in slot],
         names=[annotation.names[i] for i in placed],
         colors=colors[placed],
         radius=canvas_radius(picture),
+        rings=True,
     )
     if pending in slot:
         center = tuple(int(v) for v in np.round(xy[slot[pending]]))
@@ -566,11 +568,15 @@ def frame_of(video: Path, index: int) -> np.ndarray:
     return decoded_frame(str(video), video.stat().st_mtime, index)
 
 
-def frame_slider(label: str, video: Video, key: str) -> int:
-    """A frame index of `video` (a number box when the container does not give the count)."""
-    if video.frames and video.frames > 1:
-        return st.slider(label, 0, video.frames - 1, key=key)
-    return int(st.number_input(label, min_value=0, step=1, key=key))
+def frame_slider(label: str, video: Video, key: str, last: int | None = None) -> int:
+    """A frame index of `video`, up to `last` (default its last frame); a number box when the container does not
+    give the count, nothing to choose for a one-frame video."""
+    last = (video.frames - 1 if video.frames else None) if last is None else last
+    if last is None:
+        return int(st.number_input(label, min_value=0, step=1, key=key))
+    if last < 1:
+        return 0
+    return st.slider(label, 0, last, key=key)
 
 
 def frame_picker(video: Video) -> None:
@@ -595,6 +601,10 @@ def frame_file(video: Video, index: int, image: np.ndarray) -> Path:
     return path
 
 
+def frame_label(video: Video, index: int) -> str:
+    return f"{Path(video.label).stem}_frame{index}.png"
+
+
 def use_frame(video: Video, index: int) -> None:
     try:
         image = frame_of(video.path, index)
@@ -602,34 +612,40 @@ def use_frame(video: Video, index: int) -> None:
     except CapeError as exc:
         notify("video", user_message(exc, video.path, video.label))
         return
-    label = f"{Path(video.label).stem}_frame{index}.png"
-    annotation = history().current.add_shot(path, label, (image.shape[1], image.shape[0]), frame=index)
+    size = (image.shape[1], image.shape[0])
+    annotation = history().current.add_shot(path, frame_label(video, index), size, frame=index)
     history().apply(annotation)
     st.session_state.shot = len(annotation.shots) - 1
 
 
 # ---------------------------------------------------------------------------------------------------- tracking
+def running() -> bool:
+    job: TrackingJob | None = st.session_state.get("job")
+    return job is not None and job.running
+
+
 def track_section(settings: Settings) -> None:
     st.subheader("3 · Track")
-    job: TrackingJob | None = st.session_state.get("job")
-    running = job is not None and job.running
-    if st.button("Track", type="primary", disabled=running, icon="▶"):
+    busy = running()
+    if st.button("Track", type="primary", disabled=busy, icon="▶"):
         try:
-            start_tracking(settings)
+            start_tracking(settings, st.session_state.get("video"))
         except CapeError as exc:
             st.error(str(exc))
         else:
             st.rerun()
-    st.session_state.job_shown_finished = job is not None and not running
-    st.fragment(show_progress, run_every=POLL_S if running else None)()
+    st.session_state.job_shown_finished = "job" in st.session_state and not busy
+    st.fragment(show_progress, run_every=POLL_S if busy else None)()
 
 
-def start_tracking(settings: Settings) -> None:
-    """Check everything the run needs (cheapest first), then start it in the background as the next run."""
+def start_tracking(settings: Settings, video: Video | None) -> None:
+    """Check everything the run needs (cheapest first), then start it in the background as the next run. One run
+    at a time: they would share the cores, and the progress and Cancel are the running one's."""
+    if running():
+        raise AnnotationError("tracking: a run is going (wait for it, or cancel it)")
     annotation = history().current
     if not annotation.shots:
         raise AnnotationError("support: no support image (upload one, or pick a video frame, and click its keypoints)")
-    video: Video | None = st.session_state.get("video")
     if video is None:
         raise AnnotationError("video: none chosen (upload a video or use the sample clip)")
     if settings.model is None:
@@ -638,10 +654,9 @@ def start_tracking(settings: Settings) -> None:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(video.label).stem) or "video"
     number = next_number("run") + 1
     job = TrackingJob(settings.model, support, video.path, workdir() / f"run{number}", stem, settings.config)
-    runs = st.session_state.setdefault("runs", [])
-    runs.append(Run(number, job, video.path, video.label, support.shots))
+    st.session_state.setdefault("runs", []).append(Run(number, job, video, support.shots))
     st.session_state.job = job
-    st.session_state.run_wanted = number  # the results show this run once it ends
+    st.session_state.run_shown = number  # the results show this run once it ends
 
 
 def show_progress() -> None:
@@ -654,7 +669,7 @@ def show_progress() -> None:
             st.rerun()
         return
     p = job.progress()
-    label = st.session_state["runs"][-1].video_label
+    label = st.session_state["runs"][-1].video.label
     if p.frames:
         left = f" · {p.eta:.0f} s left" if p.eta is not None else ""
         text = f"Tracking {label}: {p.frames} / {p.total or '?'} frames · {p.fps:.1f} fps{left}"
@@ -671,13 +686,14 @@ def results_section(settings: Settings) -> None:
         return
     st.subheader("4 · Results")
     numbers = [r.number for r in runs]
-    if st.session_state.get("run_wanted") in numbers:  # a run started from the page: shown once it has ended
-        st.session_state.run_shown = numbers.index(st.session_state.pop("run_wanted"))
-    shown = min(st.session_state.get("run_shown", len(runs) - 1), len(runs) - 1)
-    st.session_state.run_shown = shown
+    shown = st.session_state.get("run_shown")
+    index = numbers.index(shown) if shown in numbers else len(runs) - 1
     if len(runs) > 1:
-        st.selectbox("Run", range(len(runs)), format_func=lambda i: runs[i].title, key="run_shown")
-    run = runs[shown]
+        # Unkeyed: a new finished run changes the options, hence the widget, so `index` (the newest) applies.
+        index = st.selectbox("Run", range(len(runs)), index=index, format_func=lambda i: runs[i].title)
+        if shown in numbers:  # a run still going stays the one to show once it ends
+            st.session_state.run_shown = numbers[index]
+    run = runs[index]
     p = run.job.progress()
     if run.job.state is JobState.DONE:
         st.success(f"Tracked {p.frames} frames in {p.seconds:.1f} s ({p.fps:.1f} fps).")
@@ -733,7 +749,7 @@ def video_and_downloads(run: Run) -> None:
 
 def annotated_frame(run: Run, tracks: Tracks, index: int) -> np.ndarray:
     """Frame `index` of the run's video with the run's points drawn as in its annotated video."""
-    image = frame_of(run.video, index).copy()
+    image = frame_of(run.video.path, index).copy()
     row = row_of(tracks, index)
     if row is not None:
         scores = tracks.scores[row] if tracks.scores is not None else None
@@ -745,34 +761,37 @@ def annotated_frame(run: Run, tracks: Tracks, index: int) -> np.ndarray:
 
 def correction(run: Run, tracks: Tracks, settings: Settings) -> None:
     """Step to any frame with the run's points pre-filled; drag the wrong ones, untick the ones not to confirm,
-    then add the frame as a support shot and re-track."""
-    last = int(tracks.index[-1])
-    index = st.slider("Frame to check", int(tracks.index[0]), last, key=f"step_{run.number}") if last > 0 else 0
+    then add the frame as a support shot and re-track.
+
+    Only the corrected shot is kept (`correction`, with its run and frame); it joins the support as it is when
+    the button is pressed, so edits made to the support meanwhile are kept. The frame is written to a file only
+    then."""
+    first, last = int(tracks.index[0]), int(tracks.index[-1])
+    index = st.slider("Frame to check", first, last, key=f"step_{run.number}") if last > first else first
     base = history().current
     if base.names != tracks.names:
         st.image(annotated_frame(run, tracks, index), caption=f"frame {index}", width="stretch")
         st.info("The support's keypoints changed since this run: track again to correct its frames.")
         return
-    key = (run.number, index)
-    if st.session_state.get("draft_key") != key:
-        try:
-            image = frame_of(run.video, index)
-            path = frame_file(Video(run.video, run.video_label, "", None), index, image)
-        except CapeError as exc:
-            st.error(user_message(exc, run.video, run.video_label))
-            return
-        label = f"{Path(run.video_label).stem}_frame{index}.png"
+    try:
+        image = frame_of(run.video.path, index)
+    except CapeError as exc:
+        st.error(user_message(exc, run.video.path, run.video.label))
+        return
+    kept = st.session_state.get("correction")
+    if kept is None or kept[:2] != (run.number, index):
         size = (image.shape[1], image.shape[0])
-        st.session_state.draft = base.add_shot(path, label, size, correction_points(tracks, index), frame=index)
-        st.session_state.draft_key = key
-    draft: Annotation = st.session_state.draft
+        points = correction_points(tracks, index)
+        shot = Annotation(names=base.names).add_shot(run.video.path, frame_label(run.video, index), size, points, index)
+        kept = st.session_state.correction = (run.number, index, shot.shots[0])
+    draft = replace(base, shots=(*base.shots, kept[2]))
     k = len(draft.shots) - 1
     picture, side = st.columns([3, 2], gap="medium")
     with picture:
         st.markdown("Drag a wrong point to where it belongs · click to place a missing one.")
-        event = canvas(drawn(draft, k, View.of(draft.shots[k].size)), f"correct_{run.number}_{index}")
+        event = canvas(drawn(draft, k, View.of(draft.shots[k].size), image=image), f"correct_{run.number}_{index}")
         if event is not None:
-            st.session_state.draft = pointer_edit(draft, k, event)
+            st.session_state.correction = (run.number, index, pointer_edit(draft, k, event, grow=False).shots[k])
             st.rerun()
     with side:
         shot = draft.shots[k]
@@ -785,51 +804,63 @@ def correction(run: Run, tracks: Tracks, settings: Settings) -> None:
                 swatch, row = st.columns([0.12, 1], vertical_alignment="center")
                 swatch.markdown(f"<span style='color:{hex_color(colors[i])}'>●</span>", unsafe_allow_html=True)
                 if shot.xy[i] is None:
-                    row.markdown(f"{name} · not placed (click to place it)")
+                    following = " (click to place it)" if i == shot.next_unplaced() else ""
+                    row.markdown(f"{name} · not placed{following}")
                     continue
                 st.session_state[f"confirm_{i}"] = shot.visible[i]
                 row.checkbox(name, key=f"confirm_{i}", on_change=confirm, args=(i,))
         st.button(
             "Add this frame as a support shot and re-track",
             on_click=add_correction,
-            args=(settings,),
+            args=(settings, run),
             type="primary",
-            disabled=confirmed == 0,
+            disabled=confirmed == 0 or running(),
+            help="one run at a time" if running() else None,
             width="stretch",
         )
         show_notices("correction")
 
 
 def confirm(i: int) -> None:
-    draft: Annotation = st.session_state.draft
-    st.session_state.draft = draft.set_visible(len(draft.shots) - 1, i, st.session_state[f"confirm_{i}"])
+    number, index, shot = st.session_state.correction
+    visible = (
+        shot.visible[:i] + (bool(st.session_state[f"confirm_{i}"]) and shot.xy[i] is not None,) + shot.visible[i + 1 :]
+    )
+    st.session_state.correction = (number, index, replace(shot, visible=visible))
 
 
-def add_correction(settings: Settings) -> None:
-    """The corrected frame joins the support (undo removes it again) and the clip is tracked anew."""
-    draft: Annotation = st.session_state.draft
-    history().apply(draft)
-    st.session_state.shot = len(draft.shots) - 1
-    st.session_state.pop("draft_key", None)
+def add_correction(settings: Settings, run: Run) -> None:
+    """The corrected frame joins the support as it is now (undo takes it out again), and the run's video is
+    tracked anew."""
+    _, index, shot = st.session_state.correction
+    base = history().current
     try:
-        start_tracking(settings)
+        if base.names != tuple(run.job.names):
+            raise AnnotationError("correction: the support's keypoints changed since this run (track again first)")
+        path = frame_file(run.video, index, frame_of(run.video.path, index))
+        annotation = replace(base, shots=(*base.shots, replace(shot, image=path)))
+        history().apply(annotation)
+        st.session_state.shot = len(annotation.shots) - 1
+        st.session_state.pop("correction", None)
+        start_tracking(settings, run.video)
     except CapeError as exc:
         notify("correction", str(exc))
 
 
 def comparison(runs: list[Run], run: Run) -> None:
-    """Two runs side by side at a chosen frame, with how far apart they put each keypoint there and on average."""
-    same = [
-        r for r in runs if r.video == run.video and (t := tracks_of(r)) is not None and t.names == tracks_of(run).names
-    ]
+    """Two runs of the same video and keypoints side by side at a chosen frame, with how far apart they put each
+    keypoint there and on average."""
+    names = tracks_of(run).names
+    same = [r for r in runs if r.video.path == run.video.path and (t := tracks_of(r)) is not None and t.names == names]
     if len(same) < 2:
-        st.info("Correct a frame (or track again) to compare two runs of this video here.")
+        st.info("Correct a frame (or track again) to compare two runs of this video and these keypoints here.")
         return
     titles = {r.number: r.title for r in same}
     numbers = list(titles)
     left, right = st.columns(2)
-    a = left.selectbox("Run A", numbers, index=len(numbers) - 2, format_func=titles.get, key="compare_a")
-    b = right.selectbox("Run B", numbers, index=len(numbers) - 1, format_func=titles.get, key="compare_b")
+    # Unkeyed: when a run is added the options change, and the pair shown becomes the newest two again.
+    a = left.selectbox("Run A", numbers, index=len(numbers) - 2, format_func=titles.get)
+    b = right.selectbox("Run B", numbers, index=len(numbers) - 1, format_func=titles.get)
     ra, rb = (next(r for r in same if r.number == n) for n in (a, b))
     ta, tb = tracks_of(ra), tracks_of(rb)
     last = int(max(ta.index[-1], tb.index[-1]))
@@ -854,6 +885,7 @@ def plot_tracks(tracks: Tracks) -> None:
         st.caption("Choose keypoints to plot.")
         return
     time = tracks.time if tracks.time is not None else tracks.index.astype(float)
+    axis = "time (s)" if tracks.time is not None else "frame"
     xy = tracks.hidden_nan()
     columns = {"x": xy[..., 0], "y": xy[..., 1]}
     if tracks.scores is not None:
@@ -869,7 +901,7 @@ def plot_tracks(tracks: Tracks) -> None:
                 alt.Chart(frame)
                 .mark_line()
                 .encode(
-                    x=alt.X("time:Q", title="time (s)"),
+                    x=alt.X("time:Q", title=axis),
                     y=alt.Y("value:Q", title=f"{field} (px)" if field != "score" else "score"),
                     color=alt.Color("keypoint:N", scale=scale, legend=legend),
                 )

@@ -24,7 +24,7 @@ class JobState(Enum):
 class Progress:
     frames: int  # frames written so far
     total: int | None  # frames expected (None when the container does not say)
-    seconds: float  # since the run started
+    seconds: float  # since the first frame was asked for (after the support was encoded), as the CLI counts
 
     @property
     def fps(self) -> float:

@@ -16,13 +16,22 @@ Point = tuple[float, float]
 
 
 @dataclass(frozen=True)
+class Video:
+    """The video chosen on the page."""
+
+    path: Path  # the file tracked (in the session folder, or the bundled sample)
+    label: str  # the name the user knows it by
+    summary: str  # size, frames and rate, for the page
+    frames: int | None  # frame count from the container (None: it does not say)
+
+
+@dataclass(frozen=True)
 class Run:
     """One tracking run of the page: its number in the session's history and what it was tracked with."""
 
     number: int  # 1, 2, ... in the order started
     job: TrackingJob
-    video: Path  # the file tracked
-    video_label: str  # the name the user knows it by
+    video: Video  # the video tracked (a correction re-tracks this one, whatever is chosen since)
     shots: int  # support images it was tracked with
 
     @property

@@ -13,7 +13,7 @@ import numpy as np
 
 from cape_track.model import CapeError, KeypointFile, SupportSet
 
-MIN_KEYPOINTS = 1  # keypoints visible on every shot needed to track
+MIN_KEYPOINTS = 1  # keypoints visible on at least one shot needed to track
 HISTORY_LIMIT = 200  # undo steps kept
 CLICK_SLOP = 4.0  # display px a press may travel and still count as a click, not a drag
 GRAB_RADIUS = 14.0  # display px around a keypoint where a drag picks it up
@@ -225,12 +225,13 @@ class View:
     @classmethod
     def of(cls, size: tuple[int, int], zoom: float = 1.0, center: Point | None = None) -> View:
         """A window `zoom` times smaller than the image `size` (W, H) around `center` (default: the middle),
-        kept inside the image."""
-        width, height = size[0] / max(zoom, 1.0), size[1] / max(zoom, 1.0)
+        kept inside the image, in whole pixels: the canvas crops exactly this window, so clicks map back exactly."""
+        width = max(1, round(size[0] / max(zoom, 1.0)))
+        height = max(1, round(size[1] / max(zoom, 1.0)))
         cx, cy = center if center is not None else (size[0] / 2, size[1] / 2)
-        left = min(max(cx - width / 2, 0.0), size[0] - width)
-        top = min(max(cy - height / 2, 0.0), size[1] - height)
-        return cls(left, top, width, height)
+        left = min(max(round(cx - width / 2), 0), size[0] - width)
+        top = min(max(round(cy - height / 2), 0), size[1] - height)
+        return cls(float(left), float(top), float(width), float(height))
 
     def to_image(self, event: Mapping[str, float], x: float, y: float) -> Point:
         """Display px (pixel centres) of a canvas drawn `event["width"]` x `event["height"]` -> image px."""
@@ -241,16 +242,21 @@ class View:
         return max(self.width / event["width"], self.height / event["height"])
 
 
-def pointer_edit(annotation: Annotation, k: int, event: Mapping[str, float], view: View | None = None) -> Annotation:
+def pointer_edit(
+    annotation: Annotation, k: int, event: Mapping[str, float], view: View | None = None, grow: bool = True
+) -> Annotation:
     """The edit one event of the click component (`click_and_drag` mode) makes on shot `k`.
 
     `event` holds the press `x1, y1` and release `x2, y2` in display px of the canvas, drawn `width` x `height`
     from `view` (default: the whole shot). A press released where it started places a keypoint (see
-    `Annotation.place`); a drag that starts on a keypoint moves it; any other drag changes nothing.
+    `Annotation.place`; with `grow` False, as on a corrected frame, only one not placed yet: the keypoint list
+    stays that of the run); a drag that starts on a keypoint moves it; any other drag changes nothing.
     """
     view = view or View.of(annotation.shots[k].size)
     down, up = view.to_image(event, event["x1"], event["y1"]), view.to_image(event, event["x2"], event["y2"])
     if math.dist((event["x1"], event["y1"]), (event["x2"], event["y2"])) <= CLICK_SLOP:
+        if not grow and annotation.shots[k].next_unplaced() is None:
+            return annotation
         return annotation.place(k, up)
     grabbed = annotation.nearest(k, down, GRAB_RADIUS * view.image_per_display(event))
     return annotation if grabbed is None else annotation.move(k, grabbed, up)
@@ -259,18 +265,20 @@ def pointer_edit(annotation: Annotation, k: int, event: Mapping[str, float], vie
 def link_click(
     annotation: Annotation, k: int, event: Mapping[str, float], pending: int | None, view: View | None = None
 ) -> tuple[Annotation, int | None]:
-    """Skeleton editing by clicks on shot `k`: the first click on a keypoint picks it (returned as `pending`), a
-    click on a second one joins the two (or removes their edge when they are already joined); a click on the
-    picked keypoint or away from every keypoint drops the pick."""
+    """Skeleton editing by clicks on shot `k`: the first click on a keypoint picks it (returned as `pending`, its
+    stable id, so edits in between cannot make it point elsewhere), a click on a second one joins the two (or
+    removes their edge when they are already joined); a click on the picked keypoint or away from every keypoint,
+    or a pick whose keypoint is gone, drops the pick."""
     view = view or View.of(annotation.shots[k].size)
     at = view.to_image(event, event["x2"], event["y2"])
     hit = annotation.nearest(k, at, GRAB_RADIUS * view.image_per_display(event))
-    if hit is None or hit == pending:
+    picked = annotation.ids.index(pending) if pending in annotation.ids else None
+    if hit is None or hit == picked:
         return annotation, None
-    if pending is None:
-        return annotation, hit
-    edge = next((e for e, pair in enumerate(annotation.skeleton) if set(pair) == {pending, hit}), None)
-    return (annotation.link(pending, hit) if edge is None else annotation.unlink(edge)), None
+    if picked is None:
+        return annotation, annotation.ids[hit]
+    edge = next((e for e, pair in enumerate(annotation.skeleton) if set(pair) == {picked, hit}), None)
+    return (annotation.link(picked, hit) if edge is None else annotation.unlink(edge)), None
 
 
 @dataclass

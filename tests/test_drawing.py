@@ -14,7 +14,9 @@ def test_colours_are_distinct_and_do_not_change_as_keypoints_are_added() -> None
     assert len({tuple(c) for c in colors}) == 17
     np.testing.assert_array_equal(colors[:5], keypoint_colors(5))  # keypoint i keeps its colour for every N
     np.testing.assert_array_equal(colors[:1], keypoint_colors(1))
-    assert hex_color(colors[0]) == "#{:02x}{:02x}{:02x}".format(*colors[0])
+    assert hex_color((255, 0, 16)) == "#ff0010"
+    many = keypoint_colors(100)
+    assert len({tuple(c) for c in many}) == 100  # no two keypoints share a colour, even a hundred
 
 
 def test_keypoints_get_their_colour_and_low_scores_are_see_through() -> None:
@@ -37,6 +39,8 @@ def test_hidden_keypoints_and_their_edges_are_not_drawn() -> None:
     assert image[50, 60].any()  # edge 0-1 drawn
     assert not image[50, 140].any()  # edge 1-2 touches a hidden keypoint
     assert not image[40:60, 170:190].any()  # the hidden keypoint itself
+    ringed = draw_pose(np.zeros((100, 200, 3), np.uint8), xy, visible=np.array([True, True, False]), rings=True)
+    assert ringed[50, 180].sum() == 0 and ringed[45:56, 175:186].any()  # where it can still be edited: a ring
 
 
 def test_names_are_written_beside_visible_points_only() -> None:

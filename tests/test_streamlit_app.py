@@ -262,8 +262,7 @@ def test_track_a_generated_clip(page: AppTest, tmp_path: Path, checkpoint: Path)
 
     # one correction round: step to frame 8, drag keypoint 0 by 10 px, keep all but the last, add and re-track
     page.slider(key="step_1").set_value(8).run()
-    draft = page.session_state["draft"]
-    shot = draft.shots[-1]
+    shot = page.session_state["correction"][2]
     assert shot.frame == 8 and shot.label == "my clip_frame8.png" and shot.size == (160, 120)
     tracked = json.loads(job.paths["json"].read_text())["frames"][8]
     assert shot.xy[0] == pytest.approx(tuple(tracked["keypoints"][0]), abs=1e-6)
@@ -271,7 +270,11 @@ def test_track_a_generated_clip(page: AppTest, tmp_path: Path, checkpoint: Path)
     drag = {"x1": x * 4 + 1.5, "y1": y * 4 + 1.5, "x2": x * 4 + 41.5, "y2": y * 4 + 1.5, "width": 640, "height": 480}
     page.session_state["correct_1_8"] = {**drag, "unix_time": 1}
     page.run()
-    assert page.session_state["draft"].shots[-1].xy[0] == pytest.approx((x + 10, y))
+    assert page.session_state["correction"][2].xy[0] == pytest.approx((x + 10, y))
+    page.session_state["correct_1_8"] = {**drag, "x1": 5.0, "y1": 5.0, "x2": 5.0, "y2": 5.0, "unix_time": 2}
+    page.run()  # a click where every point is placed: the keypoint list stays the run's
+    assert page.session_state["correction"][2].xy[0] == pytest.approx((x + 10, y))
+    assert _annotation(page).num_keypoints == len(clip.names)
     last = len(clip.names) - 1
     page.checkbox(key=f"confirm_{last}").uncheck().run()
     _button(page, "Add this frame as a support shot and re-track").click().run()
@@ -285,6 +288,18 @@ def test_track_a_generated_clip(page: AppTest, tmp_path: Path, checkpoint: Path)
     assert json.loads(runs[1].job.paths["json"].read_text())["names"] == list(clip.names)  # none dropped
     table = page.dataframe[0].value
     assert list(table["keypoint"]) == list(clip.names) and table.shape == (len(clip.names), 3)
+
+    # another video chosen meanwhile: a correction of run 2 still re-tracks run 2's video
+    other = write_clip(tmp_path, frames=5, path=tmp_path / "other.mp4")
+    _upload(page, "video", "other.mp4", other.path.read_bytes(), "video/mp4")
+    page.slider(key="step_2").set_value(3).run()
+    _button(page, "Add this frame as a support shot and re-track").click().run()
+    assert runs[2].video.path == runs[0].video.path and runs[2].shots == 3
+    runs[2].job.join(60)
+    page.run()
+    page.text_input(key="name_0").set_value("renamed").run()  # the support's keypoints now differ from the runs'
+    assert any("keypoints changed since this run" in i.value for i in page.info)
+    assert not page.exception
 
 
 def test_bad_uploads_and_too_few_keypoints_are_messages(page: AppTest, tmp_path: Path, checkpoint: Path) -> None:

@@ -169,3 +169,31 @@ def test_linking_by_two_clicks_joins_and_a_third_pair_click_unjoins() -> None:
     _, pending = link_click(a, 0, at(150, 100), None)
     a, _ = link_click(a, 0, at(10, 10), pending)  # the same pair in the other order removes the edge
     assert a.skeleton == ()
+
+
+def test_a_zoomed_view_is_whole_pixels_for_any_zoom() -> None:
+    """The canvas crops exactly the view, so a size the zoom does not divide must still give whole pixels."""
+    for zoom in (2, 3, 4):
+        view = View.of((1280, 721), zoom=zoom, center=(1279.0, 0.3))
+        assert all(float(v).is_integer() for v in (view.left, view.top, view.width, view.height))
+        assert view.left + view.width == 1280 and view.top == 0
+
+
+def test_a_link_pick_is_an_id_and_a_deleted_pick_is_dropped() -> None:
+    a = _shot().place(0, (10, 10)).place(0, (100, 50)).place(0, (150, 100))
+    at = {"x1": 150, "y1": 100, "x2": 150, "y2": 100, "width": 160, "height": 120}
+    _, pending = link_click(a, 0, at, None)
+    assert pending == a.ids[2]
+    b = a.delete(2)  # the picked keypoint goes away (delete, undo, a shorter file)
+    b2, pending = link_click(b, 0, {**at, "x1": 10, "y1": 10, "x2": 10, "y2": 10}, pending)
+    assert b2.skeleton == () and pending == b.ids[0]  # the stale pick is dropped; this click picks anew
+
+
+def test_a_click_on_a_corrected_frame_never_adds_a_keypoint() -> None:
+    a = _shot().place(0, (10, 10)).place(0, (20, 20))
+    b = a.add_shot(Path("f.png"), "f.png", (160, 120), xy=[(30.0, 30.0), None])
+    click = {"x1": 60.0, "y1": 60.0, "x2": 60.0, "y2": 60.0, "width": 160, "height": 120}
+    placed = pointer_edit(b, 1, click, grow=False)
+    assert placed.shots[1].xy[1] == (60.0, 60.0) and placed.num_keypoints == 2  # the hidden one is placed
+    assert pointer_edit(placed, 1, click, grow=False) == placed  # all placed: nothing changes
+    assert pointer_edit(placed, 1, click).num_keypoints == 3  # on a support image a click adds one

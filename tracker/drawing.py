@@ -15,11 +15,11 @@ MIN_OPACITY = 0.15  # a visible keypoint of score 0 is drawn this opaque over th
 
 
 def keypoint_colors(num_keypoints: int) -> np.ndarray:
-    """[N, 3] uint8 RGB. Keypoint i's colour depends on i alone (golden-ratio hue steps), so it stays the same
-    as keypoints are added, in every view (page, video, plots) and for every N."""
-    hues = ((np.arange(num_keypoints) * _GOLDEN) % 1.0 * 180).astype(np.uint8)  # OpenCV hue is 0..179
-    hsv = np.stack([hues, np.full_like(hues, 230), np.full_like(hues, 255)], axis=-1)[None]
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]
+    """[N, 3] uint8 RGB. Keypoint i's colour depends on i alone (golden-ratio hue steps, at full hue resolution),
+    so it stays the same as keypoints are added, in every view (page, video, plots) and for every N."""
+    hues = (np.arange(num_keypoints) * _GOLDEN) % 1.0 * 360.0  # float HSV: hue in degrees
+    hsv = np.stack([hues, np.full_like(hues, 0.9), np.ones_like(hues)], axis=-1)[None].astype(np.float32)
+    return np.round(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0] * 255).astype(np.uint8)
 
 
 def hex_color(rgb: Sequence[int]) -> str:
@@ -37,13 +37,15 @@ def draw_pose(
     names: Sequence[str] | None = None,
     colors: np.ndarray | None = None,
     radius: int | None = None,
+    rings: bool = False,
 ) -> np.ndarray:
     """Draw keypoints `xy` [N, 2] (image px) on `image` [H, W, 3] RGB uint8, in place; returns `image`.
 
     A keypoint's opacity over the image follows its score [N] in [0, 1] (from `MIN_OPACITY` at 0 to opaque at 1),
     so a point scored 0.3 is visibly see-through; a keypoint that is not visible is not drawn, nor are the edges
     touching it. `names` are written beside the visible points. `radius` (px; default 1 % of the shorter side)
-    sets the dots, the lines and the text, for a picture shown smaller than its pixels (the page).
+    sets the dots, the lines and the text, for a picture shown smaller than its pixels (the page). `rings`: draw a
+    hidden keypoint as a thin ring instead of nothing, where it can still be edited (the page's canvases).
     """
     n = len(xy)
     scores = np.ones(n) if scores is None else np.clip(np.nan_to_num(np.asarray(scores, np.float64)), 0.0, 1.0)
@@ -66,6 +68,9 @@ def draw_pose(
         center = tuple(fixed[k])
         cv2.circle(image, center, (radius + 1) * _ONE, rim[k].tolist(), -1, cv2.LINE_AA, _SHIFT)
         cv2.circle(image, center, radius * _ONE, seen[k].tolist(), -1, cv2.LINE_AA, _SHIFT)
+    if rings:
+        for k in np.flatnonzero(~visible & np.isfinite(np.asarray(xy, np.float64)).all(axis=1)):
+            cv2.circle(image, tuple(fixed[k]), radius * _ONE, colors[k].tolist(), 1, cv2.LINE_AA, _SHIFT)
     if names is not None:
         scale = max(0.35, radius / 14)
         for k in np.flatnonzero(visible):
