@@ -65,6 +65,8 @@ def test_options_that_change_the_path_still_finish(inputs, checkpoint, tmp_path,
     base = [clip.path, "--support", ref, "--checkpoint", checkpoint, "--device", "cpu"]
     code, err, _ = _run([*base, "--out", tmp_path / "a", "--offline", "--batch", "2", "--accel", "tensorrt"], capsys)
     assert code == 0 and err == ["cape-track: note: tensorrt needs a CUDA device; running eager"]
+    code, err, _ = _run([*base, "--out", tmp_path / "h", "--half"], capsys)
+    assert code == 0 and err == ["cape-track: note: --half is for CUDA devices; running in fp32"]
     code, err, _ = _run(
         [*base, "--out", tmp_path / "b", "--no-smooth", "--keypoints", ref.with_suffix(".json")], capsys
     )

@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="backbone speed-up (default auto: onnx on the CPU when onnxruntime is installed, else none)",
     )
     p.add_argument(
+        "--half",
+        action="store_true",
+        help="CUDA only: run the network in fp16 autocast (and fp16 TensorRT engines); ignored with a note on the CPU",
+    )
+    p.add_argument(
         "--keyframe-every",
         type=_bounded(int, 1, 1000, "--keyframe-every"),
         default=4,
@@ -598,7 +603,9 @@ def _open_job(args: argparse.Namespace, job: _Job, prepared: _Prepared) -> tuple
         config = TrackerConfig(
             batch=args.batch, smooth=not args.no_smooth, offline=args.offline, keyframe_every=args.keyframe_every
         )
-        accel = Accelerator.for_device(prepared.device, args.accel)
+        if args.half and prepared.device.type != "cuda":
+            _err(f"{PROG}: note: --half is for CUDA devices; running in fp32")
+        accel = Accelerator.for_device(prepared.device, args.accel, half=args.half)
         tracker = Tracker(prepared.model, prepared.support, config, accel)
     except BaseException:
         source.close()
