@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from numbers import Real
+
 
 class CapeError(Exception):
     """Base of every error caused by user input (files, flags, checkpoints), as opposed to internal bugs."""
@@ -24,3 +27,17 @@ def first_line(exc: BaseException) -> str:
     type's name: what a one-line error quotes."""
     text = (getattr(exc, "strerror", None) or str(exc)).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def short(value: object, limit: int = 40) -> str:
+    """A one-line rendering of a value from a user's file, at most `limit` characters: what a message quotes."""
+    try:
+        text = json.dumps(value, default=repr)
+    except (TypeError, ValueError):  # a circular structure
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_number(value: object) -> bool:
+    """A real number as a file gives it (JSON's true/false are not numbers here)."""
+    return isinstance(value, Real) and not isinstance(value, bool)

@@ -8,13 +8,12 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from numbers import Real
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .errors import SupportFileError
+from .errors import SupportFileError, is_number, short
 
 MAX_KEYPOINTS = 100  # the paper's padded keypoint count; the network has no slots beyond it
 _KEYS = ("keypoints", "names", "visible", "skeleton")
@@ -342,10 +341,6 @@ def _as_list(value: object) -> object:
     return value.tolist() if isinstance(value, np.ndarray) else value
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
 def _check_points(raw: object, where: str) -> np.ndarray:
     raw = _as_list(raw)
     if not isinstance(raw, (list, tuple)):
@@ -358,11 +353,11 @@ def _check_points(raw: object, where: str) -> np.ndarray:
         )
     for i, point in enumerate(raw):
         if not (isinstance(point, (list, tuple)) and len(point) == 2):
-            raise SupportFileError(f"{where}: keypoint {i} is {_short(point)}, not a pair of numbers (write [x, y])")
+            raise SupportFileError(f"{where}: keypoint {i} is {short(point)}, not a pair of numbers (write [x, y])")
         for axis, value in zip("xy", point, strict=True):
-            if not _is_number(value):
+            if not is_number(value):
                 raise SupportFileError(
-                    f"{where}: keypoint {i} has a non-numeric {axis} coordinate {_short(value)} (write numbers)"
+                    f"{where}: keypoint {i} has a non-numeric {axis} coordinate {short(value)} (write numbers)"
                 )
             if math.isnan(value) or math.isinf(value):
                 what = "a NaN" if math.isnan(value) else "an infinite"
@@ -383,7 +378,7 @@ def _check_visible(raw: object, n: int, where: str) -> np.ndarray:
     for i, value in enumerate(raw):
         if not (isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))):
             raise SupportFileError(
-                f"{where}: visible[{i}] is {_short(value)} (use 1 or true for visible, 0 or false for hidden)"
+                f"{where}: visible[{i}] is {short(value)} (use 1 or true for visible, 0 or false for hidden)"
             )
     return np.array(raw, dtype=bool).reshape(n)
 
@@ -399,7 +394,7 @@ def _check_names(raw: object, n: int, where: str) -> tuple[str, ...]:
     for i, name in enumerate(raw):
         if not isinstance(name, str) or not name:
             raise SupportFileError(
-                f'{where}: names[{i}] is {_short(name)}, not a non-empty string (name it, e.g. "kp{i}")'
+                f'{where}: names[{i}] is {short(name)}, not a non-empty string (name it, e.g. "kp{i}")'
             )
     if len(set(raw)) != n:
         twice = next(name for name in raw if raw.count(name) > 1)
@@ -418,7 +413,7 @@ def _check_skeleton(raw: object, n: int, where: str) -> tuple[tuple[int, int], .
             and all(isinstance(i, int) and not isinstance(i, bool) for i in edge)
         ):
             raise SupportFileError(
-                f"{where}: skeleton edge {e} is {_short(edge)}, not a pair of keypoint indices (write [i, j])"
+                f"{where}: skeleton edge {e} is {short(edge)}, not a pair of keypoint indices (write [i, j])"
             )
         if not all(0 <= i < n for i in edge):
             raise SupportFileError(
@@ -431,10 +426,4 @@ def _check_skeleton(raw: object, n: int, where: str) -> tuple[tuple[int, int], .
 def _json_type(value: object) -> str:
     """`value`'s JSON type with its article, e.g. "an object"."""
     names = {dict: "an object", list: "a list", tuple: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), "a number" if _is_number(value) else f"a {type(value).__name__}")
-
-
-def _short(value: object) -> str:
-    """A one-line, bounded rendering of a user value for an error message."""
-    text = json.dumps(value) if isinstance(value, (list, tuple, dict, str, int, float, type(None))) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return names.get(type(value), "a number" if is_number(value) else f"a {type(value).__name__}")

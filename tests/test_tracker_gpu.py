@@ -1,5 +1,6 @@
 """CUDA-only parts of the tracker (pinned staging, copy streams, two batches in flight, compile/TensorRT), checked
-against the CPU path. Skipped without a GPU; the same scheduler runs on CPU with fake streams in test_tracker_accel.py."""
+against the CPU path. Skipped without a GPU; the same scheduler runs on CPU with fake streams in
+test_tracker_accel.py."""
 
 from __future__ import annotations
 

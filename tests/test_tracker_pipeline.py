@@ -23,6 +23,7 @@ from cape_track.tracker.pipeline import Tracker, TrackerConfig
 from cape_track.tracker.sinks import Sink, file_sinks, output_paths
 from cape_track.tracker.smoothing import SmootherConfig
 from cape_track.tracker.sources import VideoFileSource, WebcamSource
+from cape_track.tracker.support import TrackSupport
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "model" / "weights" / "default.safetensors"
 
@@ -46,14 +47,15 @@ def test_run_yields_every_frame_once_in_order(clip, support) -> None:
     tracker = Tracker(tiny_model(), support, TrackerConfig(batch=4))
     seen = []
     with VideoFileSource(clip.path) as source:
-        results = list(tracker.run(source, progress=lambda done, total: seen.append((done, total))))
+        run = tracker.run(source, progress=lambda done, total: seen.append((done, total)))
+        results = list(run)
     assert [r.index for r in results] == list(range(6))
     np.testing.assert_allclose([r.time for r in results], clip.times)
     for r in results:
         assert r.xy_frame.shape == (5, 2) and r.scores.shape == (5,) and r.visible.dtype == bool
         assert np.isfinite(r.xy_frame).all() and ((r.scores >= 0) & (r.scores <= 1)).all()
     assert seen == [(i, 6) for i in range(1, 7)]
-    times = tracker.times
+    times = run.times  # the run's own timers
     assert times.frames == 6 and times.decode > 0 and times.model > 0 and times.wall > 0
     assert set(times.fps()) >= {"decode", "model", "prepare", "wall"}
 
@@ -127,7 +129,7 @@ def test_roi_crops_map_back_to_frame_pixels() -> None:
     embedding = SupportEmbedding(torch.zeros(1, 1, 4), torch.zeros(1, 1, dtype=torch.bool), torch.zeros(1, 2, 1, 1))
     model = DotFinder()
     config = TrackerConfig(batch=1, smooth=False)
-    tracker = Tracker(model, embedding, config, names=["dot"])
+    tracker = Tracker(model, TrackSupport.from_embedding(embedding, names=["dot"]), config)
     state = tracker.init_state(fps=25.0)
     truth = np.array([[60.3, 50.6], [64.1, 53.2], [68.8, 55.9], [73.2, 59.4], [77.9, 62.1]])
     for i, xy in enumerate(truth):
@@ -183,9 +185,10 @@ def test_files_stay_valid_when_decoding_fails_mid_run(clip, support, tmp_path: P
     tracker = Tracker(tiny_model(), support, TrackerConfig(batch=1))
     done = []
     with _BrokenAfter(clip.path) as source, pytest.raises(SourceError, match="cannot decode frame 4"):
-        for result in tracker.run(source, file_sinks(tmp_path / "out", "clip")):
+        run = tracker.run(source, file_sinks(tmp_path / "out", "clip"))
+        for result in run:
             done.append(result)
-    assert len(done) == tracker.times.frames == 4
+    assert len(done) == run.times.frames == 4
     _check_outputs(tmp_path / "out", 4)
 
 
@@ -245,3 +248,25 @@ def test_tracks_follow_known_motion_with_the_default_model(tmp_path: Path) -> No
     side = 0.35 * min(clip.size)
     assert len(results) == 24
     assert (errors < 0.1 * side).mean() >= 0.8 and np.median(errors) < 0.1 * side
+
+
+def test_a_prepared_support_tracks_as_the_support_set_does(clip, support) -> None:
+    """`TrackSupport.prepare` is the one place a support is made ready (zoom, encodings, object scale): a tracker
+    given it tracks exactly as one given the `SupportSet`, and it can be shared by several trackers."""
+    model = tiny_model()
+    config = TrackerConfig(batch=2)
+    prepared = TrackSupport.prepare(model, support, config.roi, config.finder, config.finder_config)
+    assert prepared.names == support.names and prepared.num_keypoints == support.num_keypoints
+    runs = []
+    for given in (support, prepared, prepared):
+        with VideoFileSource(clip.path) as source:
+            runs.append(np.stack([r.xy_frame for r in Tracker(model, given, config).run(source)]))
+    np.testing.assert_allclose(runs[1], runs[0], atol=1e-5)
+    np.testing.assert_allclose(runs[2], runs[0], atol=1e-5)
+    tracker = Tracker(model, prepared, config)
+    assert tracker.config == config  # the support's scale goes to the tracker's ROI, not into its config
+    assert tracker.roi.object_fraction == prepared.object_fraction
+    with pytest.raises(ValueError, match="2 names for an embedding of 5 keypoints"):
+        TrackSupport.from_embedding(prepared.embedding, names=["a", "b"])
+    with pytest.raises(ValueError, match="keypoint finder needs the SupportSet"):
+        Tracker(model, TrackSupport.from_embedding(prepared.embedding), TrackerConfig(finder="match"))

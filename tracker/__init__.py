@@ -20,6 +20,8 @@ _EXPORTS = {
     "TrackerWarning": ".errors",
     "FrameResult": ".frames",
     "StageTimes": ".pipeline",
+    "TrackRun": ".pipeline",
+    "TrackSupport": ".support",
     "TrackState": ".pipeline",
     "Tracker": ".pipeline",
     "TrackerConfig": ".pipeline",
@@ -58,6 +60,8 @@ __all__ = [
     "SourceError",
     "StageTimes",
     "TrackInfo",
+    "TrackRun",
+    "TrackSupport",
     "TrackState",
     "Tracker",
     "TrackerConfig",
@@ -82,11 +86,12 @@ if TYPE_CHECKING:
     from .drawing import draw_pose, draw_text, keypoint_colors
     from .errors import SinkError, SourceError, TrackerWarning
     from .frames import Frame, FrameResult, TrackInfo
-    from .pipeline import StageTimes, Tracker, TrackerConfig, TrackState
+    from .pipeline import StageTimes, Tracker, TrackerConfig, TrackRun, TrackState
     from .roi import RoiConfig
     from .sinks import CsvSink, JsonSink, Sink, VideoSink, WindowSink, file_sinks, output_paths
     from .smoothing import KalmanSmoother, SmootherConfig
     from .sources import ImageFolderSource, Source, VideoFileSource, WebcamSource, open_source
+    from .support import TrackSupport
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

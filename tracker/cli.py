@@ -373,19 +373,20 @@ def _track(
         signals.check()
         progress(done, total)
 
+    run = tracker.run(source, sinks, on_frame)
     try:
-        for _ in tracker.run(source, sinks, on_frame):
+        for _ in run:
             pass
     except CapeError as exc:
-        return _stopped(tracker, out, f"cape-track: error: {exc}", None, progress)
+        return _stopped(run.times.frames, out, f"cape-track: error: {exc}", None, progress)
     except Exception as exc:  # a bug or an unforeseen input mid-run: the files done so far are still valid
         message = f"cape-track: error: unexpected {type(exc).__name__}: {first_line(exc)}"
-        return _stopped(tracker, out, message, None, progress)
+        return _stopped(run.times.frames, out, message, None, progress)
     except KeyboardInterrupt:
-        return _stopped(tracker, out, "", signals, progress)
+        return _stopped(run.times.frames, out, "", signals, progress)
     progress.finish()
     seconds = time.perf_counter() - start
-    frames = tracker.times.frames
+    frames = run.times.frames
     where = f"; results in {out}/" if out is not None else ""
     _say(f"{PROG}: {frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.1f} fps){where}")
     return 0
@@ -649,14 +650,12 @@ def _check_writable(out: Path) -> None:
         raise SinkError(f"{out}: cannot write results there ({exc.strerror or exc}; choose another folder)") from exc
 
 
-def _stopped(
-    tracker: Tracker, out: Path | None, message: str, signals: _Signals | None, progress: _ProgressLine
-) -> int:
-    """End of a run cut short, by a failure (`signals` None: exit 1) or a signal (128 + its number)."""
+def _stopped(done: int, out: Path | None, message: str, signals: _Signals | None, progress: _ProgressLine) -> int:
+    """End of a run cut short after `done` frames, by a failure (`signals` None: exit 1) or a signal (128 + its
+    number)."""
     progress.finish()
     if message:
         _err(message)
-    done = tracker.times.frames
     partial = f"; partial results in {out}/" if out is not None else ""
     verb = signals.verb if signals is not None else "stopped"
     _err(f"{PROG}: {verb} after {done} frames{partial}")

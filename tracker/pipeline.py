@@ -15,15 +15,16 @@ from itertools import islice
 import numpy as np
 import torch
 
-from cape_track.model import CapeModel, SupportEmbedding, SupportSet
+from cape_track.model import CapeModel, SupportSet
 from cape_track.model.matching import FinderConfig, Found, KeypointFinder
 from cape_track.model.transforms import SquareBox, crop_to_input, input_to_frame, normalize_images
 from cape_track.tracker.accel import Accelerator, HostResult
 from cape_track.tracker.frames import Frame, FrameResult, TrackInfo
-from cape_track.tracker.roi import RoiConfig, follow, support_fraction, whole_frame, zoom_support
+from cape_track.tracker.roi import RoiConfig, follow, whole_frame
 from cape_track.tracker.sinks import Sink
 from cape_track.tracker.smoothing import KalmanSmoother, Motion, SmootherConfig, SmootherState, StepRecord
 from cape_track.tracker.sources import Source
+from cape_track.tracker.support import FINDERS, TrackSupport
 
 Progress = Callable[[int, int | None], None]  # (frames done, frames expected or None)
 
@@ -56,9 +57,6 @@ class TrackerConfig:
             raise ValueError(f"finder {self.finder!r} not in {FINDERS}")
         if self.keyframe_every < 1:
             raise ValueError(f"keyframe_every must be >= 1, got {self.keyframe_every}")
-
-
-FINDERS = ("auto", "match", "network")
 
 
 @dataclass(frozen=True)
@@ -97,6 +95,24 @@ class StageTimes:
         return {f.name: self.frames / v for f in fields(self) if f.name != "frames" and (v := getattr(self, f.name))}
 
 
+class TrackRun(Iterator[FrameResult]):
+    """What `Tracker.run` returns: iterate it for the frames' results; `times` holds this run's stage timers
+    (complete once the run has ended); `close()` ends it early, closing the sinks (their files stay valid)."""
+
+    def __init__(self, results: Iterator[FrameResult], times: StageTimes) -> None:
+        self._results = results
+        self.times = times
+
+    def __iter__(self) -> TrackRun:
+        return self
+
+    def __next__(self) -> FrameResult:
+        return next(self._results)
+
+    def close(self) -> None:
+        self._results.close()
+
+
 @dataclass(frozen=True)
 class _Submitted:
     frames: list[Frame]
@@ -116,11 +132,9 @@ class Tracker:
     def __init__(
         self,
         model: CapeModel,
-        support: SupportSet | SupportEmbedding,
+        support: SupportSet | TrackSupport,
         config: TrackerConfig | None = None,
         accelerator: Accelerator | None = None,
-        names: Sequence[str] | None = None,
-        skeleton: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         self.config = config or TrackerConfig()
         if self.config.batch < 1:
@@ -128,43 +142,25 @@ class Tracker:
         self.accel = accelerator or Accelerator.for_device(model.device)
         self.model = model.to(self.accel.device).eval()
         if isinstance(support, SupportSet):
-            if self.config.roi.min_object_fraction:
-                support = zoom_support(support, self.config.roi.min_object_fraction, self.model.input_size)
-            embedding = self.model.encode_support_set(support)
-            if self.config.roi.object_fraction is None:
-                sizes = [(im.shape[1], im.shape[0]) for im in support.images]
-                fraction = support_fraction(support.keypoints, support.visible, sizes)
-                self.config = replace(self.config, roi=replace(self.config.roi, object_fraction=fraction))
-            names = support.names if names is None else names
-            skeleton = support.skeleton if skeleton is None else skeleton
-        else:
-            embedding = support
-        self.embedding = embedding.to(self.accel.device)
-        # "auto" takes the finder where it can run: it needs the support's images and keypoints (not only an
-        # embedding) and a backbone with a finer level.
-        is_set = isinstance(support, SupportSet)
-        use_finder = self.config.finder == "match" or (self.config.finder == "auto" and is_set and model.can_match)
-        if use_finder and not is_set:
+            c = self.config
+            support = TrackSupport.prepare(self.model, support, c.roi, c.finder, c.finder_config)
+        if self.config.finder == "match" and support.match is None:
             raise ValueError("the keypoint finder needs the SupportSet (images and keypoints), not an embedding")
+        self.support = support
+        self.embedding = support.embedding.to(self.accel.device)
+        use_finder = support.match is not None and self.config.finder != "network"
         self.finder = (
-            KeypointFinder(
-                self.model.encode_match_support(
-                    support, self.config.finder_config.rotations, self.config.finder_config.depth
-                ),
-                self.model.input_size,
-                self.config.finder_config,
-            )
-            if use_finder
-            else None
+            KeypointFinder(support.match, self.model.input_size, self.config.finder_config) if use_finder else None
         )
-        n = self.embedding.num_keypoints
-        self.names = tuple(names) if names is not None else tuple(f"kp{i}" for i in range(n))
-        self.skeleton = tuple(tuple(edge) for edge in skeleton) if skeleton is not None else ()
+        # The ROI keeps query crops at the support's scale unless the config fixes one.
+        fraction = self.config.roi.object_fraction or support.object_fraction
+        self.roi = replace(self.config.roi, object_fraction=fraction)
+        self.names, self.skeleton = support.names, support.skeleton
         self.smoother = KalmanSmoother(self.config.smoother) if self.config.smooth else None
         s = self.model.input_size
         example = normalize_images(torch.zeros(self.config.batch, 3, s, s, dtype=torch.uint8, device=self.accel.device))
         self.accel.optimize(self.model, example, self.finder.config.depth if self.finder is not None else 1)
-        self.times = StageTimes()
+        self._times = StageTimes()  # the running `TrackRun`'s timers (a scratch set for `step`)
 
     @property
     def num_keypoints(self) -> int:
@@ -180,17 +176,21 @@ class Tracker:
         results, state, _ = self._finish(self._submit(list(frames), state), state)
         return results, state
 
-    def run(
-        self, source: Source, sinks: Iterable[Sink] = (), progress: Progress | None = None
-    ) -> Iterator[FrameResult]:
-        """Track every frame of `source`, writing each result to `sinks` and yielding it.
+    def run(self, source: Source, sinks: Iterable[Sink] = (), progress: Progress | None = None) -> TrackRun:
+        """Track every frame of `source`, writing each result to `sinks`: iterate the returned run for the results
+        as they come; its `times` are the run's stage timers.
 
-        Sinks are opened here and always closed (Ctrl-C, a decode error and an early `close()` of this generator
-        included), so their files are valid for every frame done. A sink's `stop_requested` ends the run.
+        Sinks are opened when the run starts and always closed (Ctrl-C, a decode error and an early `close()` of the
+        run included), so their files are valid for every frame done. A sink's `stop_requested` ends the run.
         """
-        sinks = list(sinks)
+        times = StageTimes()
+        return TrackRun(self._run(source, list(sinks), progress, times), times)
+
+    def _run(
+        self, source: Source, sinks: list[Sink], progress: Progress | None, times: StageTimes
+    ) -> Iterator[FrameResult]:
         info = TrackInfo(source.name, source.fps, source.width, source.height, self.names, self.skeleton)
-        self.times = StageTimes()
+        self._times = times
         start = time.perf_counter()
         try:
             with ExitStack() as stack:
@@ -203,14 +203,14 @@ class Tracker:
                 for frame, result in self._track(source, keep_records=None):
                     go_on = self._emit(frame, result, sinks)
                     if progress is not None:
-                        progress(self.times.frames, source.frame_count)
+                        progress(self._times.frames, source.frame_count)
                     yield result
                     if not go_on:
                         return
         finally:
-            self.times.decode += source.busy_seconds
-            self.times.encode = sum(getattr(s, "busy_seconds", 0.0) for s in sinks)
-            self.times.wall = time.perf_counter() - start
+            self._times.decode += source.busy_seconds
+            self._times.encode = sum(getattr(s, "busy_seconds", 0.0) for s in sinks)
+            self._times.wall = time.perf_counter() - start
 
     # ------------------------------------------------------------------------------------------------ internals
     @property
@@ -233,7 +233,7 @@ class Tracker:
         for frame in source:
             start = time.perf_counter()
             motion = self.smoother.motion(state.filter, frame.image)
-            self.times.smooth += time.perf_counter() - start
+            self._times.smooth += time.perf_counter() - start
             if keyframe_reason(self.config, frame, state, motion):
                 results, state, records = self._finish(self._submit([frame], state), state, [motion])
             else:
@@ -288,8 +288,8 @@ class Tracker:
             else:
                 prediction = self.model.predict(images, self.embedding)
                 result = self.accel.download(prediction.keypoints, prediction.scores)
-        self.times.prepare += mid - start
-        self.times.model += time.perf_counter() - mid
+        self._times.prepare += mid - start
+        self._times.model += time.perf_counter() - mid
         return result
 
     def _found(self, result: HostResult) -> Found:
@@ -339,7 +339,7 @@ class Tracker:
                 last_search = frame.index
             height, width = frame.image.shape[:2]
             xy = input_to_frame(xy_input[i].astype(np.float64), boxes[i], s)
-            closer = follow(xy, scores[i] >= self.config.smoother.min_score, width, height, self.config.roi)
+            closer = follow(xy, scores[i] >= self.config.smoother.min_score, width, height, self.roi)
             if closer != boxes[i]:
                 boxes[i] = closer
                 redo.append(i)
@@ -353,7 +353,7 @@ class Tracker:
         if state.xy is None:
             return whole_frame(width, height)
         ahead = frame.index - state.last_index
-        return follow(state.xy, state.visible, width, height, self.config.roi, state.velocity, ahead)
+        return follow(state.xy, state.visible, width, height, self.roi, state.velocity, ahead)
 
     def _carry(
         self, frame: Frame, state: TrackState, motion: Motion
@@ -369,7 +369,7 @@ class Tracker:
         scores = np.where(_inside(xy, frame.image.shape), state.scores, 0.0)
         result = FrameResult(frame.index, frame.time, xy, scores, out.visible, box, keyframe=False)
         state = _advanced(state, frame, xy, out.state.velocity, out.visible, out.state)
-        self.times.smooth += time.perf_counter() - start
+        self._times.smooth += time.perf_counter() - start
         return [result], state, [out.record]
 
     def _finish(
@@ -382,7 +382,7 @@ class Tracker:
         if any(submitted.searching):
             boxes, xy_input, scores, last_search = self._look_closer(submitted, found, state)
             state = replace(state, last_search=last_search)
-        self.times.model += time.perf_counter() - start
+        self._times.model += time.perf_counter() - start
         mid = time.perf_counter()
         s = self.model.input_size
         results, records = [], []
@@ -405,7 +405,7 @@ class Tracker:
                 visible, velocity, filt = score >= self.config.smoother.min_score, None, None
             results.append(FrameResult(frame.index, frame.time, xy, score, visible, box))
             state = _advanced(state, frame, xy, velocity, visible, filt, last_keyframe=frame.index, scores=score)
-        self.times.smooth += time.perf_counter() - mid
+        self._times.smooth += time.perf_counter() - mid
         return results, state, records
 
     def _emit(self, frame: Frame, result: FrameResult, sinks: list[Sink]) -> bool:
@@ -413,8 +413,8 @@ class Tracker:
         start = time.perf_counter()
         for sink in sinks:
             sink.write(frame, result)
-        self.times.write += time.perf_counter() - start
-        self.times.frames += 1
+        self._times.write += time.perf_counter() - start
+        self._times.frames += 1
         return not any(sink.stop_requested for sink in sinks)
 
     def _run_offline(self, source: Source, sinks: list[Sink], progress: Progress | None) -> Iterator[FrameResult]:
@@ -431,18 +431,18 @@ class Tracker:
                     progress(len(forward), total)
             start = time.perf_counter()
             smoothed = self.smoother.smooth_offline(records)  # [T, N, 2]
-            self.times.smooth += time.perf_counter() - start
+            self._times.smooth += time.perf_counter() - start
             try:
                 for frame, result, xy in zip(again, forward, smoothed, strict=False):
                     result = replace(result, xy_frame=xy)
                     go_on = self._emit(frame, result, sinks)
                     if progress is not None:
-                        progress(len(forward) + self.times.frames, total)
+                        progress(len(forward) + self._times.frames, total)
                     yield result
                     if not go_on:
                         return
             finally:
-                self.times.decode += again.busy_seconds
+                self._times.decode += again.busy_seconds
 
 
 def keyframe_reason(config: TrackerConfig, frame: Frame, state: TrackState, motion: Motion) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cape_track.model import CapeError
+from cape_track.model.errors import is_number, short
 
 SUBSETS = ("train", "val", "test")
 SPLITS = (1, 2, 3, 4, 5)
@@ -236,7 +237,7 @@ def _check_top_level(data: object, where: str) -> tuple[list, list, list]:
 
 def _parse_category(raw: object, where: str, max_keypoints: int) -> Category:
     if not isinstance(raw, dict) or not {"id", "name", "keypoints"} <= raw.keys():
-        raise DatasetError(f"{where}: a category lacks id/name/keypoints ({_short(raw)})")
+        raise DatasetError(f"{where}: a category lacks id/name/keypoints ({short(raw, 60)})")
     name = raw["name"]
     if "skeleton" not in raw:
         raise DatasetError(
@@ -245,16 +246,20 @@ def _parse_category(raw: object, where: str, max_keypoints: int) -> Category:
         )
     names = raw["keypoints"]
     if not isinstance(names, list) or not 0 < len(names) <= max_keypoints:
-        raise DatasetError(f"{where}: category {name!r} needs 1-{max_keypoints} keypoint names, found {_short(names)}")
+        raise DatasetError(
+            f"{where}: category {name!r} needs 1-{max_keypoints} keypoint names, found {short(names, 60)}"
+        )
     n = len(names)
     if not isinstance(raw["skeleton"], list):
-        raise DatasetError(f"{where}: category {name!r} skeleton is {_short(raw['skeleton'])} (expected [[i, j], ...])")
+        raise DatasetError(
+            f"{where}: category {name!r} skeleton is {short(raw['skeleton'], 60)} (expected [[i, j], ...])"
+        )
     skeleton = []
     for pair in raw["skeleton"]:
         ok = isinstance(pair, list) and len(pair) == 2 and all(isinstance(i, int) and 0 <= i < n for i in pair)
         if not ok:
             raise DatasetError(
-                f"{where}: category {name!r} has skeleton edge {_short(pair)} outside keypoints 0-{n - 1} "
+                f"{where}: category {name!r} has skeleton edge {short(pair, 60)} outside keypoints 0-{n - 1} "
                 "(edges are 0-indexed pairs)"
             )
         skeleton.append((pair[0], pair[1]))
@@ -265,7 +270,7 @@ def _parse_images(images: list, where: str) -> dict[int, tuple[str, int, int]]:
     info: dict[int, tuple[str, int, int]] = {}
     for raw in images:
         if not isinstance(raw, dict) or not {"id", "file_name", "width", "height"} <= raw.keys():
-            raise DatasetError(f"{where}: an image entry lacks id/file_name/width/height ({_short(raw)})")
+            raise DatasetError(f"{where}: an image entry lacks id/file_name/width/height ({short(raw, 60)})")
         if raw["id"] in info:
             raise DatasetError(f"{where}: image id {raw['id']} appears twice (image ids must be unique)")
         info[raw["id"]] = (str(raw["file_name"]), raw["width"], raw["height"])
@@ -275,20 +280,20 @@ def _parse_images(images: list, where: str) -> dict[int, tuple[str, int, int]]:
 def _check_annotation(raw: object, where: str, cats: Mapping[int, Category]) -> dict:
     need = ("id", "image_id", "category_id", "iscrowd")
     if not isinstance(raw, dict) or not set(need) <= raw.keys():
-        raise DatasetError(f"{where}: an annotation lacks one of {'/'.join(need)} ({_short(raw)})")
+        raise DatasetError(f"{where}: an annotation lacks one of {'/'.join(need)} ({short(raw, 60)})")
     if raw["category_id"] not in cats:
         raise DatasetError(f"{where}: annotation {raw['id']} has unknown category_id {raw['category_id']}")
     kpts = raw.get("keypoints")
     if kpts is not None:
         n = cats[raw["category_id"]].num_keypoints
-        if not isinstance(kpts, list) or len(kpts) != 3 * n or not all(_is_number(v) for v in kpts):
+        if not isinstance(kpts, list) or len(kpts) != 3 * n or not all(is_number(v) for v in kpts):
             raise DatasetError(
                 f"{where}: annotation {raw['id']} needs {3 * n} keypoint numbers (x, y, v for each of the "
-                f"{n} keypoints of {cats[raw['category_id']].name!r}), found {_short(kpts)}"
+                f"{n} keypoints of {cats[raw['category_id']].name!r}), found {short(kpts, 60)}"
             )
     box = raw.get("bbox")
-    if box is not None and (not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box)):
-        raise DatasetError(f"{where}: annotation {raw['id']} has bbox {_short(box)} (expected [x, y, w, h])")
+    if box is not None and (not isinstance(box, list) or len(box) != 4 or not all(is_number(v) for v in box)):
+        raise DatasetError(f"{where}: annotation {raw['id']} has bbox {short(box, 60)} (expected [x, y, w, h])")
     return raw
 
 
@@ -307,12 +312,3 @@ def _skip_reason(ann: dict) -> str | None:
     if "num_keypoints" in ann and ann["num_keypoints"] == 0:
         return "num_keypoints 0"
     return None
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _short(value: object, limit: int = 60) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
