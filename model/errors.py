@@ -32,8 +32,8 @@ def first_line(exc: BaseException) -> str:
 def short(value: object, limit: int = 40) -> str:
     """A one-line rendering of a value from a user's file, at most `limit` characters: what a message quotes."""
     try:
-        text = json.dumps(value, default=repr)
-    except (TypeError, ValueError):  # a circular structure
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):  # not JSON (a set, a numpy scalar, a circular structure): Python's own form
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -15,7 +15,15 @@ from cape_track.training.config import get_config
 from cape_track.training.episodes import training_episodes
 from cape_track.training.mp100 import annotation_file, load_split
 from cape_track.training.pipeline import EpisodeDataset, collate_episodes
-from cape_track.training.train import EpisodeLoss, build_model, learning_rate, load_backbone_weights, main, train
+from cape_track.training.train import (
+    EpisodeLoss,
+    build_model,
+    build_optimizer,
+    learning_rate,
+    load_backbone_weights,
+    main,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +34,15 @@ def _settings(root: Path, out: Path, *extra: str) -> list[str]:
         f"data_root={root}", f"out_dir={out}", "model=test", "imagenet_init=false", "input_size=64",
         "batch_size=2", "episodes_per_category=2", "val_every=0", "log_every=1", "warmup_iters=2", *extra,
     ]  # fmt: skip
+
+
+def test_one_optimiser_group_keeps_the_model_parameter_order() -> None:
+    """Optimiser state is matched by position: checkpoints written before the groups existed (one group over
+    `model.parameters()`) must resume onto the same parameters."""
+    cfg = get_config("synthetic-overfit")
+    model = build_model(cfg)
+    (group,) = build_optimizer(model, cfg).param_groups
+    assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters()]
 
 
 def test_the_cosine_schedule_warms_up_then_falls_to_its_floor() -> None:

@@ -161,7 +161,9 @@ def test_the_default_setting_trains_validates_resumes_and_fine_tunes(
     )
     train(tuned, "cpu")
     assert seen, "the fine-tuning start was validated"
-    exported_weights = CapeModel.from_checkpoint(exported).state_dict()
+    shipped = CapeModel.from_checkpoint(exported)
+    assert not shipped.config.backbone.imagenet_init  # loading the file fetches no ImageNet weights first
+    exported_weights = shipped.state_dict()
     torch.testing.assert_close(seen[0][key], exported_weights[key].float())  # it started from the export
 
 

@@ -122,7 +122,8 @@ class _Submitted:
 
 
 class Tracker:
-    """Tracks the support's keypoints through a stream. The support embedding is computed here once.
+    """Tracks the support's keypoints through a stream. The support is prepared once (here for a `SupportSet`, or
+    beforehand as a `TrackSupport`).
 
     `model` is moved to the accelerator's device and put in eval mode; `compile`/`tensorrt`/`onnx` (the
     accelerator's choice) patch its backbone's `forward` (and the `pyramid` the finder reads) in place, once per
@@ -150,7 +151,9 @@ class Tracker:
         self.embedding = support.embedding.to(self.accel.device)
         use_finder = support.match is not None and self.config.finder != "network"
         self.finder = (
-            KeypointFinder(support.match, self.model.input_size, self.config.finder_config) if use_finder else None
+            KeypointFinder(support.match.to(self.accel.device), self.model.input_size, self.config.finder_config)
+            if use_finder
+            else None
         )
         # The ROI keeps query crops at the support's scale unless the config fixes one.
         fraction = self.config.roi.object_fraction or support.object_fraction
@@ -160,7 +163,7 @@ class Tracker:
         s = self.model.input_size
         example = normalize_images(torch.zeros(self.config.batch, 3, s, s, dtype=torch.uint8, device=self.accel.device))
         self.accel.optimize(self.model, example, self.finder.config.depth if self.finder is not None else 1)
-        self._times = StageTimes()  # the running `TrackRun`'s timers (a scratch set for `step`)
+        self._times = StageTimes()  # the running `TrackRun`'s timers; a scratch set for `step` between runs
 
     @property
     def num_keypoints(self) -> int:
@@ -211,6 +214,7 @@ class Tracker:
             self._times.decode += source.busy_seconds
             self._times.encode = sum(getattr(s, "busy_seconds", 0.0) for s in sinks)
             self._times.wall = time.perf_counter() - start
+            self._times = StageTimes()  # the run's timers are its own from now on
 
     # ------------------------------------------------------------------------------------------------ internals
     @property

@@ -22,7 +22,8 @@ class RoiConfig:
     min_visible: float = 0.4  # fraction of the keypoints that must be visible to follow; else whole frame
     # Scale matching: the keypoints' extent should fill this fraction of the crop, the fraction they fill in the
     # letterboxed support image, so the network sees the object at the scale it was shown (its features are not
-    # scale-invariant: zooming in on a small object hurts). None = use `margin`. `Tracker` sets it from the support.
+    # scale-invariant: zooming in on a small object hurts). None = use `margin`. The tracker's ROI takes it from
+    # the support (`TrackSupport.object_fraction`).
     object_fraction: float | None = None
     # Supports whose keypoints span less than this fraction of the letterboxed image are cropped around them until
     # they span it (`zoom_support`), and every query crop then follows at that scale: a face filling a fifth of a

@@ -84,7 +84,7 @@ class TrainConfig:
     keypoint_spread: tuple[float, float] = (1.0, 1.0)  # "views": keypoints picked in this fraction of the support
     # the head and what trains: the paper trains everything from a Xavier-initialised head
     dropout: float | None = None  # None = the preset's
-    matcher_init: bool = False  # start the head as a feature matcher (`training.recipe.matcher_init`)
+    matcher_init: bool = False  # start the head as a feature matcher (`training.train.matcher_init`)
     freeze_backbone: bool = False  # backbone weights and BatchNorm statistics fixed ...
     tune_blocks: int = 0  # ... except its last this many stages, trained at backbone_lr_scale x the rate
     backbone_lr_scale: float = 1.0
@@ -222,13 +222,13 @@ DEFAULT = TrainConfig(
     lr=3e-4,
     weight_decay=1e-4,
     warmup_iters=200,
-    warmup_ratio=0.005,  # the first step at lr / 200, as the shipped run's (step + 1) / 200 warm-up
+    warmup_ratio=0.005,  # from lr / 200, as the shipped run's (step + 1) / 200 warm-up began (it ended 0.5 % higher)
     schedule="cosine",
     similarity_loss_weight=1.0,
     augment=False,
     val_every=1,
     val_episodes=32,
-    checkpoint_every=1,
+    checkpoint_every=5,  # epoch files; last.pt is refreshed every epoch
     log_every=50,
     workers=0,
     seed=0,
@@ -248,6 +248,7 @@ DEFAULT_FINETUNE = replace(
     tune_blocks=1,
     lr=1e-4,
     warmup_iters=50,
+    warmup_ratio=0.02,  # from lr / 50
 )
 
 CONFIGS: dict[str, TrainConfig] = {
@@ -268,7 +269,7 @@ def get_config(name_or_file: str, overrides: Sequence[str] = ()) -> TrainConfig:
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(
             f"config {name_or_file!r}: not a known setting or a .toml/.json file ({hint}names look like "
-            "tiny-1shot-split1, small-5shot-split3, synthetic)"
+            "tiny-1shot-split1, small-5shot-split3, synthetic, default)"
         )
     values: dict[str, object] = {}
     for item in overrides:

@@ -141,13 +141,14 @@ def matcher_init(model: CapeModel) -> None:
 
 
 def build_optimizer(model: CapeModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (the paper) or AdamW over the trainable parameters; the backbone's at `backbone_lr_scale` x the rate
-    (one group when that is 1, as the paper's checkpoints hold)."""
+    """Adam (the paper) or AdamW over the trainable parameters; the backbone's at `backbone_lr_scale` x the rate.
+    When that is 1, one group in the model's parameter order, as checkpoints written before the groups existed
+    hold it (optimiser state is matched by position)."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     head = [p for n, p in trainable if not n.startswith("backbone.")]
     backbone = [p for n, p in trainable if n.startswith("backbone.")]
     if cfg.backbone_lr_scale == 1.0 or not backbone:
-        groups = [{"params": head + backbone, "scale": 1.0}]
+        groups = [{"params": [p for _, p in trainable], "scale": 1.0}]
     else:
         groups = [{"params": head, "scale": 1.0}, {"params": backbone, "scale": cfg.backbone_lr_scale}]
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -347,8 +348,10 @@ def train(cfg: TrainConfig, device_name: str = "auto", resume: str | None = None
         f"{cfg.epochs} epochs"
     )
     val_metrics: dict[str, float] = {}
-    if master and cfg.val_every and step == 0 and (cfg.matcher_init or cfg.init_checkpoint):
-        val_metrics = validate()  # where training starts from: a working matcher, or the model being fine-tuned
+    if master and cfg.val_every and step == 0 and cfg.data == "views" and not ddp:
+        # Where training starts from (a working matcher, or the model being fine-tuned): cheap on the views; a
+        # full MP-100 validation before the first step would hold every other process at its first all-reduce.
+        val_metrics = validate()
         log.text("start: " + " ".join(f"val_{k} {v:.4g}" for k, v in val_metrics.items()))
     stop, started = False, time.perf_counter()
     # ---- the loop
@@ -382,6 +385,10 @@ def train(cfg: TrainConfig, device_name: str = "auto", resume: str | None = None
                     + f" ({rate:.2f} it/s)"
                 )
             out_of_time = cfg.max_minutes is not None and time.perf_counter() - started > cfg.max_minutes * 60
+            if ddp and cfg.max_minutes is not None:  # every process stops at the same step: rank 0's clock decides
+                flag = torch.tensor([float(out_of_time)], device=device)
+                dist.broadcast(flag, 0)
+                out_of_time = bool(flag.item())
             if (cfg.max_steps is not None and step >= cfg.max_steps) or out_of_time:
                 stop = True
                 break
@@ -412,6 +419,8 @@ def train(cfg: TrainConfig, device_name: str = "auto", resume: str | None = None
         log.epoch(row)
         if master and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs or stop):
             checkpoint(cfg.run_dir / f"epoch_{epoch:03d}.pt", epoch, 0)
+        elif master:
+            checkpoint(cfg.run_dir / "last.pt", epoch, 0)  # a kill loses at most the epoch in progress
         if ddp:
             dist.barrier()
 
@@ -438,13 +447,18 @@ def _row(
 
 
 def export(checkpoint: Path, dest: Path) -> None:
-    """A run's checkpoint as the file the tracker ships: our format, fp16 storage, no training state."""
-    CapeModel.from_weights(read_checkpoint(checkpoint)).save(dest, half=True)
+    """A run's checkpoint as the file the tracker ships: our format, fp16 storage, no training state, and no
+    training-only backbone initialisation in its config (loading it must not fetch ImageNet weights first)."""
+    weights = read_checkpoint(checkpoint)
+    config = weights.config
+    backbone = replace(config.backbone, imagenet_init=False, weights_file=None)
+    model = CapeModel.from_weights(replace(weights, config=replace(config, backbone=backbone)))
+    model.save(dest, half=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="cape-train", description="Train the graph CAPE model episodically on MP-100."
+        prog="cape-train", description="Train the graph CAPE model episodically (MP-100, or the default's views)."
     )
     parser.add_argument(
         "config",

@@ -379,7 +379,7 @@ class ViewEpisodes:
     @torch.no_grad()
     def validate(self, model: CapeModel) -> dict[str, float]:
         """PCK@0.05 and @0.1 (of the input side) over the validation episodes' visible, unmasked points."""
-        was_training = model.training
+        modes = {m: m.training for m in model.modules()}  # a frozen backbone's BatchNorm stays in eval after
         model.eval()
         distances = []
         device = model.device
@@ -389,7 +389,8 @@ class ViewEpisodes:
             xy, visible = batch.query_keypoints.flatten(0, 1), batch.query_visible.flatten(0, 1)
             ok = visible & ~support.mask
             distances.append((pred.keypoints - xy).norm(dim=-1)[ok] / model.input_size)
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
         d = torch.cat(distances)
         return {"PCK@0.05": float((d < 0.05).float().mean()), "PCK@0.1": float((d < 0.1).float().mean())}
 
