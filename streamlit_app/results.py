@@ -307,7 +307,10 @@ def comparison(runs: list[Run], run: Run) -> None:
     last = int(max(ta.index[-1], tb.index[-1]))
     index = st.slider("Frame to compare", 0, last, key="compare_frame") if last > 0 else 0
     for column, r, t in ((left, ra, ta), (right, rb, tb)):
-        column.image(annotated_frame(r, t, index), caption=f"Run {r.number}, frame {index}", width="stretch")
+        try:
+            column.image(annotated_frame(r, t, index), caption=f"Run {r.number}, frame {index}", width="stretch")
+        except CapeError as exc:  # a frame the video cannot give (past its end, damaged)
+            column.error(user_message(exc, r.video.path, r.video.label))
     here, overall = disagreement(ta, tb, index), mean_disagreement(ta, tb)
     columns = {f"px apart on frame {index}": here, "mean px apart (all frames)": overall}
     table = pd.DataFrame({"keypoint": ta.names, **columns}).round(1)
