@@ -18,6 +18,8 @@ from torch import nn
 from cape_track.model import CapeModel, SupportSet
 from cape_track.model.device import select_device
 from cape_track.model.errors import DeviceError
+from cape_track.model.transforms import SquareBox
+from cape_track.tracker import pipeline
 from cape_track.tracker.accel import Accelerator, CudaAccelerator
 from cape_track.tracker.errors import TrackerWarning
 from cape_track.tracker.pipeline import Tracker, TrackerConfig
@@ -191,3 +193,26 @@ def test_stream_scheduler_computes_what_the_cpu_path_computes(clip_and_support, 
     for ours, plain in zip(ours_all, _track(Accelerator("cpu"), clip, support, finder=finder), strict=True):
         np.testing.assert_array_equal(ours.xy_frame, plain.xy_frame)
         np.testing.assert_array_equal(ours.scores, plain.scores)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_closer_look_is_a_batch_in_flight(clip_and_support, monkeypatch: pytest.MonkeyPatch, depth: int) -> None:
+    """A searched batch's closer look is submitted like a batch: with two in flight the next batch is submitted
+    before the look is waited for (placed from the first look); with one, the look is finished first."""
+    clip, support = clip_and_support
+    crop = SquareBox(4.0, 2.0, 20.0)  # every crop a tracked frame gets, and the closer look at a searched one
+    monkeypatch.setattr(pipeline, "follow", lambda *args, **kwargs: crop)
+    streams = FakeStreams()
+    fake = CudaAccelerator("cpu", streams=streams, pin=False)
+    fake.in_flight = depth
+    results = _track(fake, clip, support, batch=2)
+    assert [r.index for r in results] == list(range(7))
+    assert all(r.box == crop for r in results)  # the searched frames' results come from the closer look
+    log = streams.log
+    if depth == 2:
+        # batches 1 and 2 start from nothing; batch 1's closer look is event 3 and batch 3 (event 4, placed from
+        # batch 1's first look) is submitted before event 3 is waited for
+        assert log.index(("record", "download", 4)) < log.index(("sync", 3))
+    else:
+        assert log.index(("sync", 2)) < log.index(("record", "download", 3))  # batch 1's look, then batch 2
+    assert len([e for e in log if e[0] == "record"]) == 4 + depth  # a closer look per batch that started searched

@@ -121,6 +121,26 @@ class _Submitted:
     searching: list[bool]  # per frame: its box is the whole frame (nothing tracked yet, or the track was lost)
 
 
+@dataclass(frozen=True)
+class _Closer:
+    """A searched batch's second, closer look, in flight like any batch: the first look's keypoints, of which the rows
+    `redo` are replaced by `result`, the crops at `boxes[redo]`. `ahead` places the crops of the batches submitted
+    meanwhile (from the first look: the closer look's keypoints are not known yet)."""
+
+    submitted: _Submitted
+    boxes: list[SquareBox]
+    xy_input: np.ndarray  # [B, N, 2] input px of `boxes`
+    scores: np.ndarray  # [B, N]
+    redo: list[int]
+    result: HostResult
+    last_search: int | None
+    ahead: TrackState
+
+    @property
+    def frames(self) -> list[Frame]:
+        return self.submitted.frames
+
+
 class Tracker:
     """Tracks the support's keypoints through a stream. The support is prepared once (here for a `SupportSet`, or
     beforehand as a `TrackSupport`).
@@ -176,7 +196,7 @@ class Tracker:
 
     def step(self, frames: Sequence[Frame], state: TrackState) -> tuple[list[FrameResult], TrackState]:
         """Track a batch of consecutive frames: one model call, then the smoother frame by frame."""
-        results, state, _ = self._finish(self._submit(list(frames), state), state)
+        results, state, _ = self._finish_now(self._submit(list(frames), state), state)
         return results, state
 
     def run(self, source: Source, sinks: Iterable[Sink] = (), progress: Progress | None = None) -> TrackRun:
@@ -239,7 +259,7 @@ class Tracker:
             motion = self.smoother.motion(state.filter, frame.image)
             self._times.smooth += time.perf_counter() - start
             if keyframe_reason(self.config, frame, state, motion):
-                results, state, records = self._finish(self._submit([frame], state), state, [motion])
+                results, state, records = self._finish_now(self._submit([frame], state), state, [motion])
             else:
                 results, state, records = self._carry(frame, state, motion)
             if keep_records is not None:
@@ -250,22 +270,32 @@ class Tracker:
         self, source: Source, keep_records: list[StepRecord] | None
     ) -> Iterator[tuple[Frame, FrameResult]]:
         """Batches in order, with up to `in_flight` batches submitted before the oldest is finished (CUDA overlaps
-        copies and compute that way; its crops are placed from keypoints one batch older, moved by velocity)."""
+        copies and compute that way; its crops are placed from keypoints one batch older, moved by velocity).
+
+        A searched batch's closer look is one more batch in flight: it is finished first, but with two or more in
+        flight the next batch is submitted before it is waited for, so the device never idles on it."""
         batch = 1 if source.live else self.config.batch
         depth = 1 if source.live else self.accel.in_flight
         state = self.init_state(source.fps)
-        queued: deque[_Submitted] = deque()
+        ahead = state  # what the next crops are placed from
+        queued: deque[_Submitted | _Closer] = deque()
         frames = iter(source)
         while True:
             chunk = list(islice(frames, batch))
             if chunk:
-                queued.append(self._submit(chunk, state))
-            while queued and (len(queued) >= depth or not chunk):
-                submitted = queued.popleft()
-                results, state, records = self._finish(submitted, state)
+                queued.append(self._submit(chunk, ahead))
+            while queued and (not chunk or len(queued) >= depth + (depth > 1 and isinstance(queued[0], _Closer))):
+                item = queued.popleft()
+                done = self._finish(item, state)
+                if isinstance(done, _Closer):
+                    queued.appendleft(done)
+                    ahead = done.ahead
+                    continue
+                results, state, records = done
+                ahead = state
                 if keep_records is not None:
                     keep_records.extend(records)
-                yield from zip(submitted.frames, results, strict=True)
+                yield from zip(item.frames, results, strict=True)
             if not chunk:
                 return
 
@@ -321,20 +351,32 @@ class Tracker:
         )
         return boxes[best], one
 
-    def _look_closer(
-        self, submitted: _Submitted, found: Found, state: TrackState
-    ) -> tuple[list[SquareBox], np.ndarray, np.ndarray, int | None]:
-        """Frames searched (nothing tracked yet, or the track was lost): search at several scales, then look a second
-        time through a crop around what the search found, at the support's scale. The whole frame shows a small
-        object at too low a resolution to place its keypoints well, and a track started from there would carry that
-        error (the flow-driven smoother trusts its start)."""
-        boxes = list(submitted.boxes)
+    def _look(
+        self, item: _Submitted | _Closer, state: TrackState
+    ) -> tuple[list[SquareBox], np.ndarray, np.ndarray, TrackState] | _Closer:
+        """A batch's keypoints in input px of its boxes, or, for a batch with searched frames, its closer look
+        started (finishing that look gives the batch's keypoints).
+
+        Searched frames (nothing tracked yet, or the track was lost) are searched at several scales, then looked at
+        a second time through a crop around what the search found, at the support's scale. The whole frame shows a
+        small object at too low a resolution to place its keypoints well, and a track started from there would carry
+        that error (the flow-driven smoother trusts its start)."""
+        if isinstance(item, _Closer):
+            again = self._found(item.result)
+            xy_input, scores = item.xy_input.copy(), item.scores.copy()
+            xy_input[item.redo], scores[item.redo] = again.keypoints, again.scores
+            return item.boxes, xy_input, scores, replace(state, last_search=item.last_search)
+        found = self._found(item.result)
+        if not any(item.searching):
+            return item.boxes, found.keypoints, found.scores, state
+        boxes = list(item.boxes)
         xy_input, scores = found.keypoints.copy(), found.scores.copy()
         s = self.model.input_size
         redo: list[int] = []
+        first_xy = input_to_frame(xy_input[-1].astype(np.float64), boxes[-1], s)  # the last frame's first look
         last_search = state.last_search
-        for i, frame in enumerate(submitted.frames):
-            if not submitted.searching[i]:
+        for i, frame in enumerate(item.frames):
+            if not item.searching[i]:
                 continue
             due = last_search is None or frame.index - last_search >= self.config.search_every
             if self.finder is not None and due:
@@ -343,14 +385,19 @@ class Tracker:
                 last_search = frame.index
             height, width = frame.image.shape[:2]
             xy = input_to_frame(xy_input[i].astype(np.float64), boxes[i], s)
+            first_xy = xy if i == len(boxes) - 1 else first_xy
             closer = follow(xy, scores[i] >= self.config.smoother.min_score, width, height, self.roi)
             if closer != boxes[i]:
                 boxes[i] = closer
                 redo.append(i)
-        if redo:
-            again = self._found(self._predict([submitted.frames[i] for i in redo], [boxes[i] for i in redo]))
-            xy_input[redo], scores[redo] = again.keypoints, again.scores
-        return boxes, xy_input, scores, last_search
+        if not redo:
+            return boxes, xy_input, scores, replace(state, last_search=last_search)
+        result = self._predict([item.frames[i] for i in redo], [boxes[i] for i in redo])
+        # Batches submitted before the closer look is back are placed from the first look at the batch's last frame.
+        visible = np.isfinite(first_xy).all(axis=1) & (scores[-1] >= self.config.smoother.min_score)
+        first_xy = np.where(visible[:, None], first_xy, 0.0)
+        ahead = replace(state, last_index=item.frames[-1].index, xy=first_xy, velocity=None, visible=visible)
+        return _Closer(item, boxes, xy_input, scores, redo, result, last_search, ahead)
 
     def _box(self, frame: Frame, state: TrackState) -> SquareBox:
         height, width = frame.image.shape[:2]
@@ -377,21 +424,20 @@ class Tracker:
         return [result], state, [out.record]
 
     def _finish(
-        self, submitted: _Submitted, state: TrackState, motions: Sequence[Motion] | None = None
-    ) -> tuple[list[FrameResult], TrackState, list[StepRecord]]:
+        self, item: _Submitted | _Closer, state: TrackState, motions: Sequence[Motion] | None = None
+    ) -> tuple[list[FrameResult], TrackState, list[StepRecord]] | _Closer:
+        """The batch's results and the state after it, or its closer look, started (`_look`): finish that next."""
         start = time.perf_counter()
-        found = self._found(submitted.result)
-        xy_input, scores = found.keypoints, found.scores  # [B, N, 2] input px, [B, N]
-        boxes = submitted.boxes
-        if any(submitted.searching):
-            boxes, xy_input, scores, last_search = self._look_closer(submitted, found, state)
-            state = replace(state, last_search=last_search)
+        looked = self._look(item, state)
         self._times.model += time.perf_counter() - start
+        if isinstance(looked, _Closer):
+            return looked
+        boxes, xy_input, scores, state = looked  # [B, N, 2] input px, [B, N]
         mid = time.perf_counter()
         s = self.model.input_size
         results, records = [], []
         motions = motions if motions is not None else [None] * len(boxes)
-        for frame, box, xy_in, score, motion in zip(submitted.frames, boxes, xy_input, scores, motions, strict=True):
+        for frame, box, xy_in, score, motion in zip(item.frames, boxes, xy_input, scores, motions, strict=True):
             xy = input_to_frame(xy_in.astype(np.float64), box, s)
             score = np.where(_inside(xy, frame.image.shape), score.astype(np.float64), 0.0)  # never seen outside
             # A prediction that is not finite (a damaged checkpoint, an overflow) is no measurement: score 0, and
@@ -411,6 +457,13 @@ class Tracker:
             state = _advanced(state, frame, xy, velocity, visible, filt, last_keyframe=frame.index, scores=score)
         self._times.smooth += time.perf_counter() - mid
         return results, state, records
+
+    def _finish_now(
+        self, submitted: _Submitted, state: TrackState, motions: Sequence[Motion] | None = None
+    ) -> tuple[list[FrameResult], TrackState, list[StepRecord]]:
+        """`_finish`, waiting for a closer look at once (nothing else is in flight to overlap it with)."""
+        done = self._finish(submitted, state, motions)
+        return self._finish(done, state, motions) if isinstance(done, _Closer) else done
 
     def _emit(self, frame: Frame, result: FrameResult, sinks: list[Sink]) -> bool:
         """Write one result to every sink; False when a sink asked to stop."""
