@@ -195,24 +195,31 @@ def test_stream_scheduler_computes_what_the_cpu_path_computes(clip_and_support, 
         np.testing.assert_array_equal(ours.scores, plain.scores)
 
 
-@pytest.mark.parametrize("depth", [1, 2])
-def test_closer_look_is_a_batch_in_flight(clip_and_support, monkeypatch: pytest.MonkeyPatch, depth: int) -> None:
+def test_closer_look_is_a_batch_in_flight(clip_and_support, monkeypatch: pytest.MonkeyPatch) -> None:
     """A searched batch's closer look is submitted like a batch: with two in flight the next batch is submitted
-    before the look is waited for (placed from the first look); with one, the look is finished first."""
+    before the look is waited for (placed from the first look); with one, the look is finished first. Either way
+    the searched frames' keypoints are the closer look's."""
     clip, support = clip_and_support
     crop = SquareBox(4.0, 2.0, 20.0)  # every crop a tracked frame gets, and the closer look at a searched one
     monkeypatch.setattr(pipeline, "follow", lambda *args, **kwargs: crop)
-    streams = FakeStreams()
-    fake = CudaAccelerator("cpu", streams=streams, pin=False)
-    fake.in_flight = depth
-    results = _track(fake, clip, support, batch=2)
-    assert [r.index for r in results] == list(range(7))
-    assert all(r.box == crop for r in results)  # the searched frames' results come from the closer look
-    log = streams.log
-    if depth == 2:
-        # batches 1 and 2 start from nothing; batch 1's closer look is event 3 and batch 3 (event 4, placed from
-        # batch 1's first look) is submitted before event 3 is waited for
-        assert log.index(("record", "download", 4)) < log.index(("sync", 3))
-    else:
-        assert log.index(("sync", 2)) < log.index(("record", "download", 3))  # batch 1's look, then batch 2
-    assert len([e for e in log if e[0] == "record"]) == 4 + depth  # a closer look per batch that started searched
+    runs = {}
+    for depth in (1, 2):
+        streams = FakeStreams()
+        fake = CudaAccelerator("cpu", streams=streams, pin=False)
+        fake.in_flight = depth
+        runs[depth] = _track(fake, clip, support, batch=2), streams.log
+    for results, _ in runs.values():
+        assert [r.index for r in results] == list(range(7))
+        assert all(r.box == crop for r in results)
+    # batches 1 and 2 start from nothing; with two in flight both are searched and looked at again through the crop
+    # the first batch alone gets with one in flight, so every frame sees the same pixels and gets the same keypoints
+    for one, two in zip(runs[1][0], runs[2][0], strict=True):
+        np.testing.assert_array_equal(one.xy_frame, two.xy_frame)
+        np.testing.assert_array_equal(one.scores, two.scores)
+    log = runs[1][1]
+    assert log.index(("sync", 2)) < log.index(("record", "download", 3))  # batch 1's closer look, then batch 2
+    assert len([e for e in log if e[0] == "record"]) == 5  # 4 batches and one closer look
+    log = runs[2][1]
+    # batch 1's closer look is event 3; batch 3 (event 4, placed from batch 1's first look) is submitted first
+    assert log.index(("record", "download", 4)) < log.index(("sync", 3))
+    assert len([e for e in log if e[0] == "record"]) == 6  # 4 batches and two closer looks

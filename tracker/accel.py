@@ -74,7 +74,8 @@ class Accelerator:
     """The plain path (CPU, or any device without overlap): synchronous copies, full precision.
 
     The tracker calls `staging` -> `upload` -> model under `autocast` -> `download` -> `HostResult.wait`, and may
-    have `in_flight` batches submitted before it waits for the oldest one.
+    have `in_flight` batches submitted before it waits for the oldest one (one more while a searched batch's closer
+    look is outstanding, when `in_flight` > 1).
     """
 
     in_flight = 1

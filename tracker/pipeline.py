@@ -140,6 +140,22 @@ class _Closer:
     def frames(self) -> list[Frame]:
         return self.submitted.frames
 
+    def completed(self, again: Found, state: TrackState) -> _Looked:
+        """The batch's keypoints once the closer look `again` is back (rows `redo`), and the state with its search."""
+        xy_input, scores = self.xy_input.copy(), self.scores.copy()
+        xy_input[self.redo], scores[self.redo] = again.keypoints, again.scores
+        return _Looked(self.boxes, xy_input, scores, replace(state, last_search=self.last_search))
+
+
+@dataclass(frozen=True)
+class _Looked:
+    """A batch's keypoints as the network (or finder) placed them, before smoothing."""
+
+    boxes: list[SquareBox]
+    xy_input: np.ndarray  # [B, N, 2] input px of `boxes`
+    scores: np.ndarray  # [B, N]
+    state: TrackState  # the state before the batch, with its search recorded
+
 
 class Tracker:
     """Tracks the support's keypoints through a stream. The support is prepared once (here for a `SupportSet`, or
@@ -273,7 +289,9 @@ class Tracker:
         copies and compute that way; its crops are placed from keypoints one batch older, moved by velocity).
 
         A searched batch's closer look is one more batch in flight: it is finished first, but with two or more in
-        flight the next batch is submitted before it is waited for, so the device never idles on it."""
+        flight the next batch is submitted before it is waited for (placed from the first look), so the device has
+        work queued behind it. The tiled search itself (`_search`) still waits for its own calls: it runs only on
+        the first frame and while the track is lost, at most every `search_every` frames."""
         batch = 1 if source.live else self.config.batch
         depth = 1 if source.live else self.accel.in_flight
         state = self.init_state(source.fps)
@@ -284,7 +302,10 @@ class Tracker:
             chunk = list(islice(frames, batch))
             if chunk:
                 queued.append(self._submit(chunk, ahead))
-            while queued and (not chunk or len(queued) >= depth + (depth > 1 and isinstance(queued[0], _Closer))):
+            while queued:
+                room = depth + 1 if depth > 1 and isinstance(queued[0], _Closer) else depth
+                if chunk and len(queued) < room:
+                    break
                 item = queued.popleft()
                 done = self._finish(item, state)
                 if isinstance(done, _Closer):
@@ -327,12 +348,17 @@ class Tracker:
         return result
 
     def _found(self, result: HostResult) -> Found:
-        """The host side of a model call: the finder's layout fit on the similarity maps, or the network's output."""
+        """The host side of a model call: the finder's layout fit on the similarity maps, or the network's output.
+        Its time (the wait included) is the model stage's; `_predict` times the rest."""
+        start = time.perf_counter()
         arrays = result.wait()
         if self.finder is not None:
-            return self.finder.locate(*arrays)
-        xy, scores = arrays
-        return Found(xy, scores, scores.mean(axis=1), xy)
+            found = self.finder.locate(*arrays)
+        else:
+            xy, scores = arrays
+            found = Found(xy, scores, scores.mean(axis=1), xy)
+        self._times.model += time.perf_counter() - start
+        return found
 
     def _search(self, frame: Frame) -> tuple[SquareBox, Found]:
         """Nothing tracked: look at the whole frame and at overlapping tiles of a few smaller sizes (a small person in
@@ -351,32 +377,25 @@ class Tracker:
         )
         return boxes[best], one
 
-    def _look(
-        self, item: _Submitted | _Closer, state: TrackState
-    ) -> tuple[list[SquareBox], np.ndarray, np.ndarray, TrackState] | _Closer:
-        """A batch's keypoints in input px of its boxes, or, for a batch with searched frames, its closer look
-        started (finishing that look gives the batch's keypoints).
+    def _look(self, submitted: _Submitted, state: TrackState) -> _Looked | _Closer:
+        """A batch's keypoints, or, for a batch with searched frames, its closer look started (`_Closer.completed`
+        gives the keypoints once it is back).
 
         Searched frames (nothing tracked yet, or the track was lost) are searched at several scales, then looked at
         a second time through a crop around what the search found, at the support's scale. The whole frame shows a
         small object at too low a resolution to place its keypoints well, and a track started from there would carry
         that error (the flow-driven smoother trusts its start)."""
-        if isinstance(item, _Closer):
-            again = self._found(item.result)
-            xy_input, scores = item.xy_input.copy(), item.scores.copy()
-            xy_input[item.redo], scores[item.redo] = again.keypoints, again.scores
-            return item.boxes, xy_input, scores, replace(state, last_search=item.last_search)
-        found = self._found(item.result)
-        if not any(item.searching):
-            return item.boxes, found.keypoints, found.scores, state
-        boxes = list(item.boxes)
+        found = self._found(submitted.result)
+        if not any(submitted.searching):
+            return _Looked(submitted.boxes, found.keypoints, found.scores, state)
+        boxes = list(submitted.boxes)
         xy_input, scores = found.keypoints.copy(), found.scores.copy()
         s = self.model.input_size
         redo: list[int] = []
         first_xy = input_to_frame(xy_input[-1].astype(np.float64), boxes[-1], s)  # the last frame's first look
         last_search = state.last_search
-        for i, frame in enumerate(item.frames):
-            if not item.searching[i]:
+        for i, frame in enumerate(submitted.frames):
+            if not submitted.searching[i]:
                 continue
             due = last_search is None or frame.index - last_search >= self.config.search_every
             if self.finder is not None and due:
@@ -385,19 +404,20 @@ class Tracker:
                 last_search = frame.index
             height, width = frame.image.shape[:2]
             xy = input_to_frame(xy_input[i].astype(np.float64), boxes[i], s)
-            first_xy = xy if i == len(boxes) - 1 else first_xy
+            if i == len(boxes) - 1:
+                first_xy = xy
             closer = follow(xy, scores[i] >= self.config.smoother.min_score, width, height, self.roi)
             if closer != boxes[i]:
                 boxes[i] = closer
                 redo.append(i)
         if not redo:
-            return boxes, xy_input, scores, replace(state, last_search=last_search)
-        result = self._predict([item.frames[i] for i in redo], [boxes[i] for i in redo])
+            return _Looked(boxes, xy_input, scores, replace(state, last_search=last_search))
+        result = self._predict([submitted.frames[i] for i in redo], [boxes[i] for i in redo])
         # Batches submitted before the closer look is back are placed from the first look at the batch's last frame.
         visible = np.isfinite(first_xy).all(axis=1) & (scores[-1] >= self.config.smoother.min_score)
         first_xy = np.where(visible[:, None], first_xy, 0.0)
-        ahead = replace(state, last_index=item.frames[-1].index, xy=first_xy, velocity=None, visible=visible)
-        return _Closer(item, boxes, xy_input, scores, redo, result, last_search, ahead)
+        ahead = replace(state, last_index=submitted.frames[-1].index, xy=first_xy, velocity=None, visible=visible)
+        return _Closer(submitted, boxes, xy_input, scores, redo, result, last_search, ahead)
 
     def _box(self, frame: Frame, state: TrackState) -> SquareBox:
         height, width = frame.image.shape[:2]
@@ -427,17 +447,18 @@ class Tracker:
         self, item: _Submitted | _Closer, state: TrackState, motions: Sequence[Motion] | None = None
     ) -> tuple[list[FrameResult], TrackState, list[StepRecord]] | _Closer:
         """The batch's results and the state after it, or its closer look, started (`_look`): finish that next."""
-        start = time.perf_counter()
-        looked = self._look(item, state)
-        self._times.model += time.perf_counter() - start
+        looked = (
+            item.completed(self._found(item.result), state) if isinstance(item, _Closer) else self._look(item, state)
+        )
         if isinstance(looked, _Closer):
             return looked
-        boxes, xy_input, scores, state = looked  # [B, N, 2] input px, [B, N]
-        mid = time.perf_counter()
+        state = looked.state
+        start = time.perf_counter()
         s = self.model.input_size
         results, records = [], []
-        motions = motions if motions is not None else [None] * len(boxes)
-        for frame, box, xy_in, score, motion in zip(item.frames, boxes, xy_input, scores, motions, strict=True):
+        motions = motions if motions is not None else [None] * len(item.frames)
+        rows = zip(item.frames, looked.boxes, looked.xy_input, looked.scores, motions, strict=True)
+        for frame, box, xy_in, score, motion in rows:
             xy = input_to_frame(xy_in.astype(np.float64), box, s)
             score = np.where(_inside(xy, frame.image.shape), score.astype(np.float64), 0.0)  # never seen outside
             # A prediction that is not finite (a damaged checkpoint, an overflow) is no measurement: score 0, and
@@ -455,7 +476,7 @@ class Tracker:
                 visible, velocity, filt = score >= self.config.smoother.min_score, None, None
             results.append(FrameResult(frame.index, frame.time, xy, score, visible, box))
             state = _advanced(state, frame, xy, velocity, visible, filt, last_keyframe=frame.index, scores=score)
-        self._times.smooth += time.perf_counter() - mid
+        self._times.smooth += time.perf_counter() - start
         return results, state, records
 
     def _finish_now(
