@@ -31,6 +31,8 @@ import cv2
 import mediapipe as mp
 import numpy as np
 
+from cape_track.tracker.sources import read_frames
+
 OPENCV_DOC = "opencv-doc_4.6.0+dfsg-12_all.deb"
 OPENCV_DATA = "usr/share/doc/opencv-doc/examples/data"
 FACEAPI_TGZ = "vladmandic-face-api-1.7.15.tgz"
@@ -125,15 +127,6 @@ def fetch_sources(pkgs: Path, skimage_data: Path) -> dict[str, Path]:
 
 
 # ---- video io -------------------------------------------------------------------------------------------------
-def decode(video: Path) -> tuple[list[np.ndarray], list[float], float]:
-    with av.open(str(video)) as container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        frames, times = [], []
-        for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            times.append(float(frame.time) if frame.time is not None else len(times) / float(rate))
-    return frames, [t - times[0] for t in times], float(rate)
 
 
 def cut(src: Path, start: int, end: int, dst: Path) -> None:
@@ -408,7 +401,7 @@ def main() -> int:
         for old in folder.glob("support_f*"):
             old.unlink()
         cut(src["opencv"] / file, start, end, folder / "clip.mp4")
-        frames, times, fps = decode(folder / "clip.mp4")
+        frames, times, fps = read_frames(folder / "clip.mp4")
         T = len(frames)
         if kind == "face":
             xy, found = face_video(frames)

@@ -24,6 +24,7 @@ from cape_track.benchmarks.matching_baseline import layout_ceiling, nn_matching,
 from cape_track.model import CapeError, CapeModel, SupportSet
 from cape_track.model.support import load_image
 from cape_track.tracker import Tracker, TrackerConfig, open_source, select_device
+from cape_track.tracker.sources import read_frames
 from cape_track.tracker.tracks import Tracks
 from cape_track.training.evaluate import DEFAULT_EPISODES, DEFAULT_QUERIES, evaluate_split
 from cape_track.training.mp100 import load_split
@@ -121,13 +122,6 @@ def track_with_model(model: CapeModel, support: SupportSet, video: Path, config:
     return Tracks.from_results(results, tracker.names)
 
 
-def decode_all(video: Path) -> tuple[list[np.ndarray], np.ndarray]:
-    """RGB frames [T] x [H, W, 3] and their indices, for the optical-flow baseline (short evaluation clips)."""
-    with open_source(video) as source:
-        frames = list(source)
-    return [f.image for f in frames], np.array([f.index for f in frames], dtype=np.int64)
-
-
 @dataclass(frozen=True)
 class Row:
     support: str
@@ -168,7 +162,8 @@ def compare_on_video(
     photo of another instance) has no LK row. The tracker runs as shipped (network on keyframes, flow between) and
     with the network on every frame; `tracker_only` leaves out everything else."""
     model = CapeModel.from_checkpoint(checkpoint, device=select_device(device))
-    images, index = decode_all(video)
+    images, _, _ = read_frames(video)
+    index = np.arange(len(images))  # frame indices, as the tracker and the references count them
     boxes = None
     rows = []
     for path in supports:

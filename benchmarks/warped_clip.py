@@ -24,8 +24,8 @@ import av
 import cv2
 import numpy as np
 
-from cape_track.benchmarks.pck import decode_all
 from cape_track.model.support import KeypointFile
+from cape_track.tracker.sources import read_frames
 from cape_track.tracker.tracks import Tracks
 from cape_track.training.views import VAL_PHOTOS, load_photo, sample_bilinear
 
@@ -130,7 +130,7 @@ def write_benchmark(out: Path, photo_name: str, seed: int, config: ClipConfig | 
     )
     paths = {"video": video, "reference": out / "reference.json"}
     reference.write(paths["reference"])
-    images, _ = decode_all(video)  # the frames as the tracker sees them (after H.264): supports are clip frames
+    images, _, _ = read_frames(video)  # the frames as the tracker sees them (after H.264): supports are clip frames
     for t in (0, 3 * config.frames // 4):
         image_path = out / f"support_f{t:03d}.png"
         cv2.imwrite(str(image_path), cv2.cvtColor(images[t], cv2.COLOR_RGB2BGR))

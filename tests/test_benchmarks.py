@@ -12,9 +12,10 @@ from fixtures_media import write_clip, write_support
 
 from cape_track.benchmarks import fps, pck
 from cape_track.benchmarks.flow_baseline import track_optical_flow
-from cape_track.benchmarks.pck import BenchmarkError, decode_all, locate_support_frame, pck_of_tracks
+from cape_track.benchmarks.pck import BenchmarkError, locate_support_frame, pck_of_tracks
 from cape_track.model import CapeModel
 from cape_track.model.support import load_image
+from cape_track.tracker.sources import read_frames
 from cape_track.tracker.tracks import Tracks
 
 NAMES = ("a", "b", "c")
@@ -69,7 +70,7 @@ def test_pck_refuses_tracks_of_other_keypoints() -> None:
 @pytest.mark.parametrize("start", [0, 12])
 def test_optical_flow_follows_known_motion_both_ways(tmp_path: Path, start: int) -> None:
     clip = write_clip(tmp_path, frames=24)
-    frames, _ = decode_all(clip.path)
+    frames, _, _ = read_frames(clip.path)
     xy, visible = track_optical_flow(frames, start, clip.keypoints[start])
     assert np.linalg.norm(clip.keypoints[-1] - clip.keypoints[0], axis=1).min() > 30  # the square really moves
     assert visible.all()
@@ -85,7 +86,7 @@ def test_optical_flow_freezes_points_it_loses() -> None:
 
 def test_support_frame_is_found_in_the_clip(tmp_path: Path) -> None:
     clip = write_clip(tmp_path, frames=12)
-    frames, _ = decode_all(clip.path)
+    frames, _, _ = read_frames(clip.path)
     support = write_support(clip, tmp_path / "s", index=7)
     assert locate_support_frame(frames, load_image(support)) == 7
     with pytest.raises(BenchmarkError, match="not a frame"):
@@ -167,7 +168,7 @@ def test_warped_clip_ground_truth_follows_the_content(tmp_path: Path) -> None:
     config = ClipConfig(frames=16, size=(240, 180), key_every=8)
     paths = write_benchmark(tmp_path, "coffee", seed=1, config=config)
     reference = Tracks.read(paths["reference"])
-    frames, index = decode_all(paths["video"])
+    frames, _, _ = read_frames(paths["video"])
     assert len(frames) == 16 and reference.xy.shape[0] == 16
 
     def patch(image: np.ndarray, xy: np.ndarray) -> np.ndarray | None:
@@ -194,7 +195,7 @@ def test_warped_clip_ground_truth_follows_the_content(tmp_path: Path) -> None:
         support = json.loads(paths[name].with_suffix(".json").read_text())
         np.testing.assert_allclose(support["keypoints"], reference.xy[frame], atol=1e-3)
     xy, visible = track_optical_flow(frames, 0, reference.xy[0])
-    assert pck_of_tracks(Tracks(reference.names, index, xy, visible), reference, skip={0}).pck[0.1] > 0.9
+    assert pck_of_tracks(Tracks(reference.names, reference.index, xy, visible), reference, skip={0}).pck[0.1] > 0.9
 
 
 def test_warped_clip_command_reports_an_unwritable_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

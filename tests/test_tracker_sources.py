@@ -16,7 +16,7 @@ from fixtures_media import FakeCapture, write_clip
 
 from cape_track.tracker.errors import SourceError, TrackerWarning
 from cape_track.tracker.frames import Frame
-from cape_track.tracker.sources import ImageFolderSource, VideoFileSource, WebcamSource, open_source
+from cape_track.tracker.sources import ImageFolderSource, VideoFileSource, WebcamSource, open_source, read_frames
 
 
 def _wait_until(condition, timeout: float = 10.0) -> None:
@@ -46,6 +46,18 @@ def test_variable_frame_rate_uses_stream_timestamps(tmp_path: Path) -> None:
     clip = write_clip(tmp_path, frames=6, times=times)
     with VideoFileSource(clip.path) as source:
         np.testing.assert_allclose([f.time for f in source], times, atol=1e-3)
+
+
+def test_read_frames_gives_a_short_clip_as_the_tracker_sees_it(tmp_path: Path) -> None:
+    times = [0.0, 0.04, 0.07, 0.2]
+    clip = write_clip(tmp_path, frames=4, times=times, rotation=90)
+    frames, stamps, fps = read_frames(clip.path)
+    assert len(frames) == 4 and fps > 0
+    np.testing.assert_allclose(stamps, times, atol=1e-3)
+    for t, image in enumerate(frames):
+        assert np.abs(image.astype(int) - clip.render(t)).mean() < 4  # rotated upright, RGB
+    with pytest.raises(SourceError, match="no such file"):
+        read_frames(tmp_path / "missing.mp4")
 
 
 @pytest.mark.parametrize("rotation", [90, 180, 270])

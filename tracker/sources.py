@@ -416,6 +416,16 @@ def read_frame(spec: str | Path, index: int) -> np.ndarray:
     raise SourceError(f"{spec}: has no frame {index} (its last frame is {last}; frames count from 0)")
 
 
+def read_frames(spec: str | Path) -> tuple[list[np.ndarray], np.ndarray, float]:
+    """Every frame of a short clip, decoded as the tracker decodes it (rotation applied, one size): RGB
+    `[H, W, 3]` uint8 frames, their times `[T]` in seconds from the first, and the nominal rate. For references and
+    baselines that need the whole clip at once; tracking streams instead."""
+    with open_source(spec) as source:
+        frames = list(source)
+        fps = source.fps
+    return [f.image for f in frames], np.array([f.time for f in frames]), fps
+
+
 def is_url(spec: str | Path) -> bool:
     """A network stream or remote file PyAV opens itself (rtsp://, http://, ...), not a path on disk."""
     return isinstance(spec, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec) is not None
