@@ -64,7 +64,7 @@ def face_landmarks(frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray
 
 
 def write_reference(
-    path: Path, video: Path, frames: list[np.ndarray], times: list[float], fps: float, xy: np.ndarray, found: np.ndarray
+    path: Path, video: Path, frames: list[np.ndarray], times: np.ndarray, fps: float, xy: np.ndarray, found: np.ndarray
 ) -> None:
     height, width = frames[0].shape[:2]
     data = {
