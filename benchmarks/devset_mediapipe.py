@@ -1,7 +1,8 @@
 """Build the cape-track development set: real clips + MediaPipe reference tracks + support images (clip frames and
 photos of other people), in the formats of benchmarks/reference_mediapipe.py (reference tracks JSON, support JSON).
 
-Runs in its own environment and imports nothing of cape-track:
+Runs in its own environment and imports nothing of cape-track (the decoding and the face landmark set come from
+reference_mediapipe.py beside it, which runs in the same environment):
 
     python3 -m venv /tmp/mpvenv && /tmp/mpvenv/bin/pip install mediapipe==0.10.21 av opencv-python-headless
     /tmp/mpvenv/bin/python benchmarks/devset_mediapipe.py --out /tmp/devset
@@ -30,27 +31,15 @@ import av
 import cv2
 import mediapipe as mp
 import numpy as np
-
-from cape_track.tracker.sources import read_frames
+from reference_mediapipe import LANDMARKS as FACE
+from reference_mediapipe import SKELETON as FACE_SKELETON
+from reference_mediapipe import decode
 
 OPENCV_DOC = "opencv-doc_4.6.0+dfsg-12_all.deb"
 OPENCV_DATA = "usr/share/doc/opencv-doc/examples/data"
 FACEAPI_TGZ = "vladmandic-face-api-1.7.15.tgz"
 
 # ---- landmark sets --------------------------------------------------------------------------------------------
-FACE = {  # identical to benchmarks/reference_mediapipe.py
-    "right_eye_outer": 33,
-    "right_eye_inner": 133,
-    "left_eye_inner": 362,
-    "left_eye_outer": 263,
-    "nose_tip": 1,
-    "mouth_right": 61,
-    "mouth_left": 291,
-    "upper_lip": 0,
-    "lower_lip": 17,
-    "chin": 152,
-}
-FACE_SKELETON = ((0, 1), (2, 3), (1, 4), (2, 4), (4, 7), (5, 7), (6, 7), (5, 8), (6, 8), (8, 9))
 BODY = {  # MediaPipe Pose indices; left/right are the person's own sides
     "left_shoulder": 11,
     "right_shoulder": 12,
@@ -384,9 +373,8 @@ def draw(image, k, vis, skeleton, scale=1.0):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for the development set (clips, references)")
-    ap.add_argument(
-        "--skimage-data", type=Path, default=Path("/work/main/.venv/lib/python3.11/site-packages/skimage/data")
-    )
+    venv = Path(__file__).resolve().parents[1] / ".venv"
+    ap.add_argument("--skimage-data", type=Path, default=venv / "lib/python3.11/site-packages/skimage/data")
     args = ap.parse_args()
     out = args.out
     src = fetch_sources(out / "pkgs", args.skimage_data)
@@ -401,7 +389,7 @@ def main() -> int:
         for old in folder.glob("support_f*"):
             old.unlink()
         cut(src["opencv"] / file, start, end, folder / "clip.mp4")
-        frames, times, fps = read_frames(folder / "clip.mp4")
+        frames, times, fps = decode(folder / "clip.mp4")
         T = len(frames)
         if kind == "face":
             xy, found = face_video(frames)

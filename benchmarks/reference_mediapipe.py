@@ -17,11 +17,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import av
 import cv2
 import mediapipe as mp
 import numpy as np
-
-from cape_track.tracker.sources import read_frames
 
 # Well-defined Face Mesh landmarks (canonical mesh indices); left/right are the person's own sides.
 LANDMARKS = {
@@ -40,6 +39,20 @@ SKELETON = ((0, 1), (2, 3), (1, 4), (2, 4), (4, 7), (5, 7), (6, 7), (5, 8), (6, 
 # carphone: frame 0 faces the camera (eye line rolled about -12 degrees); at frame 90 the head is rolled about
 # -33 degrees and turned (the nose sits 0.29 eye-widths off the eyes' midpoint, 0.10 at frame 0).
 DEFAULT_SUPPORT_FRAMES = (0, 90)
+
+
+def decode(video: Path) -> tuple[list[np.ndarray], np.ndarray, float]:
+    """RGB frames [H, W, 3] uint8, their times in seconds from the first, and the nominal frame rate.
+
+    cape-track's `tracker.sources.read_frames` does the same, but this environment has no cape-track (nor torch)."""
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate)
+        frames, times = [], []
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            times.append(float(frame.time) if frame.time is not None else len(times) / rate)
+    return frames, np.asarray(times) - times[0], rate
 
 
 def face_landmarks(frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--support-frames", type=int, nargs="+", default=list(DEFAULT_SUPPORT_FRAMES), metavar="I")
     args = p.parse_args(argv)
 
-    frames, times, fps = read_frames(args.video)
+    frames, times, fps = decode(args.video)
     xy, found = face_landmarks(frames)
     missing = [i for i in args.support_frames if not (0 <= i < len(frames) and found[i])]
     if missing:

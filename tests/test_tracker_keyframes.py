@@ -1,9 +1,11 @@
 """Keyframes: the network runs every K frames and earlier where optical flow cannot carry the keypoints (a visible
 point lost by the flow, a scene cut, a point near the edge, nothing tracked); between keyframes the smoother moves
-the points by the flow alone and no measurement counter advances."""
+the points by the flow alone and no measurement counter advances. A file's results are settled: held for two more
+keyframes and smoothed backward from them."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,9 +14,11 @@ import pytest
 from fixtures_media import write_clip, write_support
 
 from cape_track.model import CapeModel, SupportSet
-from cape_track.tracker.frames import Frame
-from cape_track.tracker.pipeline import Tracker, TrackerConfig, TrackState, keyframe_reason
-from cape_track.tracker.smoothing import FlowImage, KalmanSmoother, Motion, SmootherConfig
+from cape_track.model.transforms import SquareBox
+from cape_track.tracker.frames import Frame, FrameResult
+from cape_track.tracker.pipeline import Tracker, TrackerConfig, TrackState, _Settling, keyframe_reason
+from cape_track.tracker.sinks import file_sinks, output_paths
+from cape_track.tracker.smoothing import FlowImage, KalmanSmoother, Motion, SmootherConfig, StepRecord
 from cape_track.tracker.sources import VideoFileSource
 
 W, H = 320, 240
@@ -122,3 +126,77 @@ def test_every_frame_is_a_keyframe_without_keyframing(tmp_path: Path, config: Tr
     with VideoFileSource(clip.path) as source:
         assert all(r.keyframe for r in tracker.run(source))
     assert not tracker.keyframing
+
+
+def _drifting_run(frames: int, seed: int = 0) -> tuple[list[tuple[Frame, FrameResult, StepRecord]], np.ndarray]:
+    """A keypoint on a random walk: the flow measures each frame's move with 1 px of noise, the network its position
+    every 4th frame with 2 px (the embedded model's typical errors at a 100 px crop). Returns the forward steps and
+    the truth [T, 2]."""
+    rng = np.random.default_rng(seed)
+    truth = 100.0 + np.cumsum(rng.normal(0.0, 1.0, (frames, 2)), axis=0)
+    smoother, image = KalmanSmoother(), np.zeros((240, 320, 3), np.uint8)
+    state = smoother.init_state(1)
+    steps = []
+    for t in range(frames):
+        moved = truth[t] - truth[t - 1] + rng.normal(0.0, 1.0, 2) if t else np.full(2, np.nan)
+        motion = Motion(None, moved[None])
+        keyframe = t % 4 == 0
+        xy = (truth[t] + rng.normal(0.0, 2.0, 2))[None] if keyframe else None
+        out = smoother.step(state, xy, np.ones(1) if keyframe else None, 100.0, motion=motion)
+        state = out.state
+        result = FrameResult(t, t / 25.0, out.xy, np.ones(1), out.visible, SquareBox(0, 0, 100), keyframe)
+        steps.append((Frame(t, t / 25.0, image), result, out.record))
+    return steps, truth
+
+
+def test_settling_releases_a_frame_two_keyframes_later_in_order() -> None:
+    steps, _ = _drifting_run(14)
+    settling = _Settling(KalmanSmoother(), keyframes=2)
+    released_at = {}
+    for pushed, step in enumerate(steps):
+        settling.push(*step)
+        for frame, _ in settling.take():
+            released_at[frame.index] = pushed
+    settling.finish()
+    for frame, _ in settling.take():
+        released_at[frame.index] = len(steps)
+    assert list(released_at) == list(range(14))  # each frame once, in order
+    # keyframes 0, 4, 8, 12: frames 0-3 wait for keyframe 8, frames 4-7 for 12, the rest for the end
+    assert [released_at[t] for t in range(14)] == [8] * 4 + [12] * 4 + [14] * 6
+
+
+def test_settling_spreads_the_keyframe_correction_over_the_drift() -> None:
+    steps, truth = _drifting_run(400, seed=3)
+    settling = _Settling(KalmanSmoother(), keyframes=2)
+    settled = []
+    for step in steps:
+        settling.push(*step)
+        settled += [r for _, r in settling.take()]
+    settling.finish()
+    settled += [r for _, r in settling.take()]
+    forward = np.linalg.norm(np.stack([r.xy_frame[0] for _, r, _ in steps]) - truth, axis=1)
+    smoothed = np.linalg.norm(np.stack([r.xy_frame[0] for r in settled]) - truth, axis=1)
+    assert smoothed.mean() < 0.85 * forward.mean()
+    assert all(r.keyframe == (r.index % 4 == 0) for r in settled)  # what each frame is does not change
+
+
+def test_a_broken_run_still_gives_the_held_frames(tmp_path: Path) -> None:
+    """A source failing mid-run: every frame tracked before it comes out (yielded and written), settled or not."""
+    clip = write_clip(tmp_path, frames=12, size=(W, H))
+    support = SupportSet.from_files([write_support(clip, tmp_path / "support")])
+    tracker = Tracker(CapeModel.from_checkpoint(None), support, TrackerConfig(keyframe_every=4))
+
+    class Broken(VideoFileSource):
+        def _produce(self):
+            for frame in super()._produce():
+                if frame.index == 10:
+                    raise OSError("the disk went away")
+                yield frame
+
+    done = []
+    with Broken(clip.path) as source, pytest.raises(Exception, match="disk went away"):
+        run = tracker.run(source, file_sinks(tmp_path / "out", "clip"))
+        done.extend(run)
+    assert [r.index for r in done] == list(range(10))
+    written = json.loads(output_paths(tmp_path / "out", "clip")["json"].read_text())["frames"]
+    assert [f["index"] for f in written] == list(range(10))

@@ -105,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the network every K frames, optical flow between (earlier when the flow fails); 1 = every frame "
         "(default: 4)",
     )
+    p.add_argument(
+        "--settle",
+        type=_bounded(int, 0, 100, "--settle"),
+        default=2,
+        metavar="N",
+        help="files: a frame's keypoints wait for N more keyframes and are smoothed backward from them; 0 = written "
+        "at once (default: 2; live sources: 0)",
+    )
     p.add_argument("--no-smooth", action="store_true", help="report the network's raw keypoints")
     p.add_argument("--offline", action="store_true", help="files only: add a backward smoothing pass")
     p.add_argument("--show", action="store_true", help="show a live window while tracking a file")
@@ -602,7 +610,11 @@ def _open_job(args: argparse.Namespace, job: _Job, prepared: _Prepared) -> tuple
         warnings.warn("no display: recording without a window (Ctrl-C stops)", stacklevel=1)
     try:
         config = TrackerConfig(
-            batch=args.batch, smooth=not args.no_smooth, offline=args.offline, keyframe_every=args.keyframe_every
+            batch=args.batch,
+            smooth=not args.no_smooth,
+            offline=args.offline,
+            keyframe_every=args.keyframe_every,
+            settle=args.settle,
         )
         if args.half and prepared.device.type != "cuda":
             _err(f"{PROG}: note: --half is for CUDA devices; running in fp32")
