@@ -113,6 +113,7 @@ class TrackingJob:
                             break
                 finally:
                     results.close()  # closes the sinks now: the files are complete for the frames done
+                    self._frames = results.times.frames  # held (settling) frames written at the close included
         except CapeError as exc:
             state, self.error = JobState.FAILED, str(exc)
         except Exception as exc:  # the thread trampoline: forwarded to the page as one line, never a traceback
