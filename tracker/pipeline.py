@@ -222,7 +222,8 @@ class Tracker:
 
     def run(self, source: Source, sinks: Iterable[Sink] = (), progress: Progress | None = None) -> TrackRun:
         """Track every frame of `source`, writing each result to `sinks`: iterate the returned run for the results
-        as they come; its `times` are the run's stage timers.
+        as they come (a file's once they are settled, `TrackerConfig.settle`); its `times` are the run's stage
+        timers.
 
         Sinks are opened when the run starts and always closed (Ctrl-C, a decode error and an early `close()` of the
         run included), so their files are valid for every frame done. A sink's `stop_requested` ends the run.
