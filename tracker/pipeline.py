@@ -291,6 +291,7 @@ class Tracker:
             yield from settling.take()
 
     def _settles(self, source: Source) -> bool:
+        """Settling needs the smoother's steps (every tracked frame then has one) and a source read ahead of time."""
         return self.smoother is not None and self.config.settle > 0 and not source.live
 
     def _track(self, source: Source) -> Iterator[tuple[Frame, FrameResult, StepRecord | None]]:
@@ -569,12 +570,8 @@ class _Settling:
         self.held: list[tuple[Frame, FrameResult, StepRecord]] = []  # waiting for later keyframes
         self.ready: deque[tuple[Frame, FrameResult]] = deque()  # settled, not taken yet
 
-    def push(self, frame: Frame, result: FrameResult, record: StepRecord | None) -> None:
+    def push(self, frame: Frame, result: FrameResult, record: StepRecord) -> None:
         """Fold in `frame` (with its smoother step `record`); the frames it settles become `ready`."""
-        if record is None:  # no smoother step to smooth with: everything held goes out as it is
-            self.ready.extend(self.flush())
-            self.ready.append((frame, result))
-            return
         self.held.append((frame, result, record))
         keys = [i for i, (_, held, _) in enumerate(self.held) if held.keyframe]
         if result.keyframe and len(keys) > self.keyframes:
