@@ -4,10 +4,12 @@ scheduler driven by fake streams on CPU (its real-GPU counterpart is tests/test_
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -50,6 +52,18 @@ def test_for_device_picks_the_plain_path_on_cpu() -> None:
     np.testing.assert_array_equal(out, np.arange(6.0).reshape(2, 3))
     with accel.autocast():
         assert not torch.is_autocast_enabled()
+
+
+def test_parallel_calls_are_the_cores_over_the_threads_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two cores with one torch thread each run two of the search's model calls side by side; a call that takes
+    every core leaves room for one; the GPU and `torch.compile` take one at a time."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert Accelerator("cpu").parallel_calls == 2
+    assert Accelerator("cpu", "compile").parallel_calls == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert Accelerator("cpu").parallel_calls == 1
+    assert Accelerator.__dict__["parallel_calls"].fget(SimpleNamespace(device=torch.device("cuda"), accel="none")) == 1
 
 
 class _Net(nn.Module):

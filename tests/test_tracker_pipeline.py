@@ -5,6 +5,7 @@ weights) accuracy on a clip with known motion."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,9 +18,10 @@ from torch import nn
 
 from cape_track.model import CapeModel, SupportEmbedding, SupportSet
 from cape_track.model.transforms import denormalize_images
+from cape_track.tracker.accel import Accelerator
 from cape_track.tracker.errors import SourceError
 from cape_track.tracker.frames import Frame
-from cape_track.tracker.pipeline import Tracker, TrackerConfig
+from cape_track.tracker.pipeline import Tracker, TrackerConfig, search_tiles
 from cape_track.tracker.sinks import Sink, file_sinks, output_paths
 from cape_track.tracker.smoothing import SmootherConfig
 from cape_track.tracker.sources import VideoFileSource, WebcamSource
@@ -140,6 +142,38 @@ def test_roi_crops_map_back_to_frame_pixels() -> None:
     assert len(model.inputs) == 6  # the first frame twice: whole, then closer
     whole = denormalize_images(model.inputs[0])[0].float().mean(dim=0)
     assert (whole > 20).sum() < (denormalize_images(model.inputs[1])[0].float().mean(dim=0) > 20).sum()
+
+
+def test_the_search_runs_its_chunks_side_by_side_and_finds_the_same(tmp_path: Path, monkeypatch) -> None:
+    """The tiled search's crops go in balanced chunks of at most 8, as many at once as the accelerator runs
+    (`parallel_calls`), off the main thread; the box and keypoints it picks do not depend on how many."""
+    clip = write_clip(tmp_path, frames=1)
+    support = SupportSet.from_files([write_support(clip, tmp_path / "support")])
+    tracker = Tracker(tiny_model(), support, TrackerConfig())
+    frame = Frame(0, 0.0, clip.render(0))
+    calls: list[tuple[str, int]] = []
+    predict = tracker._predict
+
+    def spy(frames, boxes):
+        calls.append((threading.current_thread().name, len(boxes)))
+        return predict(frames, boxes)
+
+    monkeypatch.setattr(tracker, "_predict", spy)
+    picked = {}
+    for parallel in (1, 2, 3):
+        monkeypatch.setattr(Accelerator, "parallel_calls", property(lambda self, n=parallel: n))
+        calls.clear()
+        picked[parallel] = tracker._search(frame)
+        sizes = [size for _, size in calls]
+        assert len(sizes) % parallel == 0 and max(sizes) <= 8 and max(sizes) - min(sizes) <= 1  # full rounds
+        on_main = {name == threading.main_thread().name for name, _ in calls}
+        assert on_main == ({True} if parallel == 1 else {False})
+    crops = sum(sizes)
+    assert crops == 1 + len(search_tiles(clip.size[0], clip.size[1], TrackerConfig().search_tiles))
+    for parallel in (2, 3):
+        box, found = picked[parallel]
+        assert box == picked[1][0]
+        np.testing.assert_allclose(found.keypoints, picked[1][1].keypoints, atol=1e-3)
 
 
 class _StopAfter(Sink):

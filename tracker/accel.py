@@ -87,6 +87,16 @@ class Accelerator:
         self.accel = resolve_accel(accel, self.device)
         self.half = half
 
+    @property
+    def parallel_calls(self) -> int:
+        """How many independent model calls may run at once (the tiled search's chunks). On the CPU, the cores over
+        the threads one call takes (torch's; ONNX Runtime's session takes as many): two cores with one thread each
+        run two calls side by side. One on a GPU, whose calls queue on one stream anyway, and under `compile`,
+        whose compiled graphs are not meant to be entered from two threads at once."""
+        if self.device.type != "cpu" or self.accel == "compile":
+            return 1
+        return max(1, (os.cpu_count() or 1) // torch.get_num_threads())
+
     @staticmethod
     def for_device(device: torch.device | str, accel: str = "none", half: bool = False) -> Accelerator:
         """The CUDA implementation for a CUDA device, the plain one otherwise."""

@@ -5,9 +5,11 @@ once -> frame coordinates -> smoother -> sinks. `Tracker.step` is the core on an
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields, replace
 from itertools import islice
@@ -27,6 +29,7 @@ from cape_track.tracker.sources import Source
 from cape_track.tracker.support import FINDERS, TrackSupport
 
 Progress = Callable[[int, int | None], None]  # (frames done, frames expected or None)
+SEARCH_CHUNK = 8  # crops per model call of the tiled search, at most
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,7 @@ class Tracker:
         example = normalize_images(torch.zeros(self.config.batch, 3, s, s, dtype=torch.uint8, device=self.accel.device))
         self.accel.optimize(self.model, example, self.finder.config.depth if self.finder is not None else 1)
         self._times = StageTimes()  # the running `TrackRun`'s timers; a scratch set for `step` between runs
+        self._times_lock = threading.Lock()
 
     @property
     def num_keypoints(self) -> int:
@@ -372,8 +376,7 @@ class Tracker:
             else:
                 prediction = self.model.predict(images, self.embedding)
                 result = self.accel.download(prediction.keypoints, prediction.scores)
-        self._times.prepare += mid - start
-        self._times.model += time.perf_counter() - mid
+        self._add_times(prepare=mid - start, model=time.perf_counter() - mid)
         return result
 
     def _found(self, result: HostResult) -> Found:
@@ -386,25 +389,46 @@ class Tracker:
         else:
             xy, scores = arrays
             found = Found(xy, scores, scores.mean(axis=1), xy)
-        self._times.model += time.perf_counter() - start
+        self._add_times(model=time.perf_counter() - start)
         return found
 
     def _search(self, frame: Frame) -> tuple[SquareBox, Found]:
         """Nothing tracked: look at the whole frame and at overlapping tiles of a few smaller sizes (a small person in
-        a wide street frame covers a few cells of the whole-frame view), keep the best-placed layout."""
+        a wide street frame covers a few cells of the whole-frame view), keep the best-placed layout.
+
+        The ~20 crops are independent, so they go in as many chunks at once as the accelerator can run
+        (`Accelerator.parallel_calls`): the search is most of the time to the first result, and while it runs
+        nothing else has work (no frame is tracked yet to draw or encode). On the `make run` sample, two cores,
+        interleaved runs: first result after 391 ms instead of 582 (medians of 5), 51.4 instead of 42.2 fps with the
+        annotated video."""
         height, width = frame.image.shape[:2]
         boxes = [whole_frame(width, height)]
         if self.finder is not None:
             boxes += search_tiles(width, height, self.config.search_tiles)
-        found = [self._found(self._predict([frame] * len(chunk), chunk)) for chunk in _chunks(boxes, 8)]
-        placement = np.concatenate([f.placement for f in found])
-        best = int(np.argmax(placement))
-        pick = found[best // 8]
-        j = best % 8
-        one = Found(
-            pick.keypoints[j : j + 1], pick.scores[j : j + 1], pick.placement[j : j + 1], pick.layout[j : j + 1]
+        workers = min(self.accel.parallel_calls, len(boxes))
+        rounds = math.ceil(len(boxes) / (workers * SEARCH_CHUNK))
+        chunks = _split(boxes, workers * rounds)
+
+        def look(chunk: list[SquareBox]) -> Found:
+            return self._found(self._predict([frame] * len(chunk), chunk))
+
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="cape-search") as pool:
+                found = list(pool.map(look, chunks))
+        else:
+            found = [look(chunk) for chunk in chunks]
+        keypoints, scores, placement, layout = (
+            np.concatenate([getattr(f, name) for f in found]) for name in ("keypoints", "scores", "placement", "layout")
         )
-        return boxes[best], one
+        i = int(np.argmax(placement))
+        return boxes[i], Found(keypoints[i : i + 1], scores[i : i + 1], placement[i : i + 1], layout[i : i + 1])
+
+    def _add_times(self, **seconds: float) -> None:
+        """Add to this run's stage timers; the search's model calls run in threads of their own, hence the lock
+        (their seconds add up, like CPU time)."""
+        with self._times_lock:
+            for name, value in seconds.items():
+                setattr(self._times, name, getattr(self._times, name) + value)
 
     def _look(self, submitted: _Submitted, state: TrackState) -> _Looked | _Closer:
         """A batch's keypoints, or, for a batch with searched frames, its closer look started (`_Closer.completed`
@@ -663,8 +687,11 @@ def _starts(extent: int, side: float) -> list[float]:
     return [float(v) for v in np.linspace(0.0, extent - side, count)]
 
 
-def _chunks(items: list[SquareBox], size: int) -> list[list[SquareBox]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+def _split(items: list[SquareBox], parts: int) -> list[list[SquareBox]]:
+    """`items` in `parts` consecutive runs whose lengths differ by one at most (so parallel calls finish together)."""
+    size, extra = divmod(len(items), parts)
+    bounds = np.cumsum([0] + [size + (i < extra) for i in range(parts)])
+    return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _advanced(
