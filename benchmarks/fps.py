@@ -393,6 +393,7 @@ def machine_facts(device: torch.device) -> dict[str, object]:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "opencv_threads": cv2.getNumThreads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "opencv": cv2.__version__,
@@ -432,7 +433,9 @@ class Variant:
     batch: int | None = None
     video: bool = True  # also write the annotated video (False: tracks only)
     support_per_call: bool = False
-    threads: int | None = None  # torch and ONNX Runtime threads (None: the CLI's choice, `configure_cpu_threads`)
+    threads: int | None = (
+        None  # torch, ONNX Runtime and OpenCV threads (None: the CLI's choice, `configure_cpu_threads`)
+    )
 
 
 def variants(opts: Options) -> dict[str, Variant]:
@@ -466,7 +469,7 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
     info = TrackInfo(decoded.name, decoded.fps, width, height, opts.support.names, opts.support.skeleton)
 
     def build(v: Variant, smooth: bool = True) -> tuple[Tracker, str]:
-        with torch_threads(v.threads):  # ONNX Runtime's session takes its thread count when it is made
+        with cpu_threads(v.threads):  # ONNX Runtime's session takes its thread count when it is made
             return _build(v, smooth)
 
     def _build(v: Variant, smooth: bool) -> tuple[Tracker, str]:
@@ -511,7 +514,7 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
             smoother_ms_100 = min(smoother_ms_100, smoother_stage(decoded.frames, raw, SMOOTHER_KEYPOINTS))
             kalman_ms_100 = min(kalman_ms_100, smoother_stage(decoded.frames, raw, SMOOTHER_KEYPOINTS, flow=False))
             for name, ((tracker, note), v) in pipelines.items():
-                with torch_threads(v.threads):
+                with cpu_threads(v.threads):
                     run = pipeline_run(tracker, opts.video, opts.frames, out, name, device, note, v.video)
                 if name not in runs or run.fps > runs[name].fps:
                     runs[name] = run
@@ -519,15 +522,17 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
 
 
 @contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` inside the block (None: unchanged)."""
-    before = torch.get_num_threads()
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads and OpenCV's set to `threads` inside the block (None: unchanged)."""
+    before = torch.get_num_threads(), cv2.getNumThreads()
     if threads:
         torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
 
 
 def cpu_limit(stages: dict[str, Stage], names: Sequence[str], cores: int) -> float:
@@ -683,8 +688,8 @@ def format_table(report: dict) -> str:
         f"{tg['cpu_efficiency']} ({report['cpu_efficiency_tracks_only']:.2f} tracks only)",
         f"overlap ratio      {report['overlap_ratio']:6.2f}  pipeline / slowest stage ({st['slowest']}) "
         f"  target >= {tg['overlap_ratio']} (a limit 2 cores cannot reach: see cpu efficiency)",
-        f"threads            {th['default_vs_all_cores_ratio']:6.2f}  {th['default']} torch/ORT thread(s) vs all "
-        f"{report['machine']['cpu_count']} cores ({th['all_cores_fps']:.1f} fps)",
+        f"threads            {th['default_vs_all_cores_ratio']:6.2f}  {th['default']} torch/ORT/OpenCV thread(s) vs "
+        f"all {report['machine']['cpu_count']} cores ({th['all_cores_fps']:.1f} fps)",
         f"keyframes          {kf['vs_off_ratio']:6.2f}  x fps vs the network on every frame ({100 * kf['share']:.0f} %"
         " of frames were keyframes)",
         f"cached vs naive    {report['cached_vs_naive_ratio']:6.2f}  {report['pipeline_fps']:.1f} fps vs "
@@ -761,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, metavar="N", help="use the first N frames only (default: the whole clip)")
     p.add_argument("--warmup", type=int, default=2, metavar="W", help="warm-up calls per batch shape (default: 2)")
     p.add_argument("--repeat", type=int, default=3, metavar="R", help="rounds; each figure is its best (default: 3)")
-    p.add_argument("--threads", type=int, metavar="T", help="torch CPU threads (default: the CLI's choice)")
+    p.add_argument("--threads", type=int, metavar="T", help="torch and OpenCV CPU threads (default: the CLI's choice)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the report there")
     p.add_argument("--plot", type=Path, metavar="PNG", help="draw the stage throughputs there")
     return p
@@ -776,6 +781,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = select_device(args.device)
         if args.threads:
             torch.set_num_threads(args.threads)
+            cv2.setNumThreads(args.threads)
         else:
             configure_cpu_threads(device)  # as the CLI and the page do
         support = SupportSet.from_files(args.support, args.keypoints)

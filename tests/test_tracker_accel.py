@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -22,7 +23,7 @@ from cape_track.model.device import select_device
 from cape_track.model.errors import DeviceError
 from cape_track.model.transforms import SquareBox
 from cape_track.tracker import pipeline
-from cape_track.tracker.accel import Accelerator, CudaAccelerator
+from cape_track.tracker.accel import Accelerator, CudaAccelerator, configure_cpu_threads
 from cape_track.tracker.errors import TrackerWarning
 from cape_track.tracker.pipeline import Tracker, TrackerConfig
 from cape_track.tracker.sources import VideoFileSource
@@ -64,6 +65,24 @@ def test_parallel_calls_are_the_cores_over_the_threads_per_call(monkeypatch: pyt
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert Accelerator("cpu").parallel_calls == 1
     assert Accelerator.__dict__["parallel_calls"].fget(SimpleNamespace(device=torch.device("cuda"), accel="none")) == 1
+
+
+def test_cpu_threads_leave_a_core_to_decoding_and_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch (and with it ONNX Runtime) and OpenCV take all cores but one; an explicit OMP_NUM_THREADS wins."""
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    try:
+        configure_cpu_threads(torch.device("cpu"))
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (3, 3)
+        torch.set_num_threads(2)
+        cv2.setNumThreads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        configure_cpu_threads(torch.device("cpu"))
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 2)
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
 
 
 class _Net(nn.Module):

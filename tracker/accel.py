@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -50,10 +51,16 @@ def cache_dir() -> Path:
 
 
 def configure_cpu_threads(device: torch.device) -> None:
-    """On CPU, leave one core to the decode and encode threads (torch takes them all by default). An explicit
-    OMP_NUM_THREADS wins. Measured on 2 loaded cores: model 13.7 fps with 1 thread, 6.0 fps with 2."""
+    """On CPU, leave one core to the decode and encode threads: torch (whose count the ONNX Runtime session takes)
+    and OpenCV (crops, flow images, Lucas-Kanade) get the others; both take every core by default. An explicit
+    OMP_NUM_THREADS wins. Measured on 2 loaded cores: model 13.7 fps with 1 torch thread, 6.0 fps with 2. OpenCV's
+    idle worker busy-waits for its next job, taking the core from the other stages: on the `make run` sample, 2
+    cores, tracks only 69.6 fps with one OpenCV thread against 63.2 with two, 48.6 against 48.1 with the video
+    (interleaved runs, medians of 5)."""
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+        threads = max(1, (os.cpu_count() or 1) - 1)
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
 
 
 class HostResult:
