@@ -2,10 +2,11 @@
 tracker with keyframes and flow, writing tracks, encoding) with its throughput and CPU time, the whole pipeline
 with and without the annotated video, today's eager every-frame path, the cached support against re-encoding it,
 keyframes off, thread counts, batch sizes and accelerators (ONNX Runtime against eager for the backbone alone
-too). The CPU limit is what the cores could sustain if the stages shared them perfectly (cores / their CPU
-seconds per frame, each measured alone), and `cpu_efficiency` the pipeline against min(slowest stage, that
-limit): on two cores the old `overlap_ratio` (pipeline / slowest stage) compares with a limit the cores cannot
-reach. A table is printed and `--json` keeps the figures.
+too), and the tracker alone against what a user would run instead (plain LK optical flow, nearest-neighbour
+matching of the backbone's features) on the same decoded frames. The CPU limit is what the cores could sustain if
+the stages shared them perfectly (cores / their CPU seconds per frame, each measured alone), and `cpu_efficiency`
+the pipeline against min(slowest stage, that limit): on two cores the old `overlap_ratio` (pipeline / slowest
+stage) compares with a limit the cores cannot reach. A table is printed and `--json` keeps the figures.
 
     python -m cape_track.benchmarks.fps --video samples/sample.mp4 --support samples/sample.jpg --json fps.json
 """
@@ -33,6 +34,8 @@ import cv2
 import numpy as np
 import torch
 
+from cape_track.benchmarks.flow_baseline import track_optical_flow
+from cape_track.benchmarks.matching_baseline import nn_matching
 from cape_track.model import CapeError, CapeModel, Prediction, SupportEmbedding, SupportSet
 from cape_track.model.matching import match_support
 from cape_track.tracker import (
@@ -295,6 +298,23 @@ def sink_stage(
     return Stage.timed(len(results), timer.seconds, timer.cpu)
 
 
+def baseline_stages(
+    tracker: Tracker, decoded: Decoded, tracked: Sequence[FrameResult], support: SupportSet, device: torch.device
+) -> dict[str, Stage]:
+    """What a user would run instead, timed alone on the same decoded frames as the `track` stage: plain LK optical
+    flow from the tracker's first-frame keypoints, and cosine nearest-neighbour matching of the backbone's
+    stride-8+16 features (the tracker's own backbone and accelerator) in the crops the tracker chose."""
+    images = [frame.image for frame in decoded.frames]
+    with Timer(device) as timer:
+        track_optical_flow(images, 0, tracked[0].xy_frame)
+    out = {"optical_flow": Stage.timed(len(images), timer.seconds, timer.cpu)}
+    if tracker.model.can_match:
+        with Timer(device) as timer, torch.inference_mode():
+            nn_matching(tracker.model, support, images, [r.box for r in tracked])
+        out["nn_matching"] = Stage.timed(len(images), timer.seconds, timer.cpu)
+    return out
+
+
 def backbone_speed(model: CapeModel, depth: int, batch: int, rounds: int) -> dict[str, float]:
     """The backbone alone, eager torch against ONNX Runtime, interleaved call by call (so load from elsewhere
     hits both alike); median milliseconds per crop."""
@@ -433,9 +453,7 @@ class Variant:
     batch: int | None = None
     video: bool = True  # also write the annotated video (False: tracks only)
     support_per_call: bool = False
-    threads: int | None = (
-        None  # torch, ONNX Runtime and OpenCV threads (None: the CLI's choice, `configure_cpu_threads`)
-    )
+    threads: int | None = None  # torch, ONNX Runtime and OpenCV threads (None: `configure_cpu_threads`)
 
 
 def variants(opts: Options) -> dict[str, Variant]:
@@ -494,6 +512,7 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
         backbone = backbone_speed(CapeModel.from_checkpoint(opts.checkpoint), depth, 1, 10 * opts.repeat)
 
     stages: dict[str, Stage | None] = dict.fromkeys(("decode", "model", "track", "write", "encode"))
+    baselines: dict[str, Stage] = {}
     smoother_ms = smoother_ms_100 = kalman_ms_100 = float("inf")
     runs: dict[str, PipelineRun] = {}
     with tempfile.TemporaryDirectory(prefix="cape-fps-") as tmp:
@@ -506,6 +525,8 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
             stages["model"] = model.best(stages["model"])
             track, tracked = track_stage(track_tracker, decoded, device)
             stages["track"] = track.best(stages["track"])
+            for name, stage in baseline_stages(track_tracker, decoded, tracked, opts.support, device).items():
+                baselines[name] = stage.best(baselines.get(name))
             tracks = file_sinks(out, "write", video=False)[0]
             stages["write"] = sink_stage(tracks, decoded, tracked, info, device).best(stages["write"])
             video = VideoSink(out / "encode.mp4")
@@ -518,7 +539,8 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
                     run = pipeline_run(tracker, opts.video, opts.frames, out, name, device, note, v.video)
                 if name not in runs or run.fps > runs[name].fps:
                     runs[name] = run
-    return report(opts, decoded, stages, runs, (smoother_ms, smoother_ms_100, kalman_ms_100), backbone, track_tracker)
+    smoother = (smoother_ms, smoother_ms_100, kalman_ms_100)
+    return report(opts, decoded, stages, runs, smoother, backbone, track_tracker, baselines)
 
 
 @contextlib.contextmanager
@@ -549,6 +571,7 @@ def report(
     smoother: tuple[float, float, float],
     backbone: dict[str, float] | None,
     tracker: Tracker,
+    baselines: dict[str, Stage],
 ) -> dict[str, object]:
     main, per_frame, tracks_only = runs["main"], runs["support_per_frame"], runs["tracks_only"]
     cores = os.cpu_count() or 1
@@ -597,6 +620,10 @@ def report(
             "slowest": slowest,
         },
         "cpu_limit_fps_tracks_only": limit_tracks,
+        "baselines": {
+            **{f"{name}_fps": stage.fps for name, stage in baselines.items()},
+            **{f"tracker_vs_{name}_ratio": stages["track"].fps / stage.fps for name, stage in baselines.items()},
+        },
         "naive_pipeline_fps": per_frame.fps,
         "batch": {
             "fps": {str(b): run.fps for b, run in sorted(by_batch.items())},
@@ -698,6 +725,13 @@ def format_table(report: dict) -> str:
         f"smoother 100 kp    {st['smoother_ms_100kp']:6.2f}  ms per frame ({st['smoother_ms_100kp_without_flow']:.2f}"
         f" without optical flow)   target < {tg['smoother_ms_100kp']} ms",
     ]
+    names = {"optical_flow": "LK optical flow", "nn_matching": "NN feature matching"}
+    for name, label in names.items():
+        if f"{name}_fps" in report["baselines"]:
+            lines.append(
+                f"vs {name:<15} {report['baselines'][f'tracker_vs_{name}_ratio']:6.2f}  the tracker alone vs {label} "
+                f"alone ({report['baselines'][f'{name}_fps']:.1f} fps), same decoded frames"
+            )
     if "backbone" in report:
         bb, ratio = report["backbone"], report["onnx_vs_eager_ratio"]
         pipeline = f", pipeline x{ratio['pipeline']:.2f}" if ratio["pipeline"] else ""

@@ -108,6 +108,13 @@ def test_fps_runs_end_to_end_and_writes_the_fixed_keys(tmp_path: Path) -> None:
         assert report[key] > 0
     assert report["setup"]["frames"] == 6 and report["runs"]["main"]["frames"] == 6
     assert set(report["batch"]["fps"]) == {"1", "2"}
+    assert set(report["baselines"]) == {
+        "optical_flow_fps",
+        "nn_matching_fps",
+        "tracker_vs_optical_flow_ratio",
+        "tracker_vs_nn_matching_ratio",
+    }
+    assert all(value > 0 for value in report["baselines"].values())
     assert png.stat().st_size > 0
 
 
