@@ -55,8 +55,8 @@ def configure_cpu_threads(device: torch.device) -> None:
     and OpenCV (crops, flow images, Lucas-Kanade) get the others; both take every core by default. An explicit
     OMP_NUM_THREADS wins. Measured on 2 loaded cores: model 13.7 fps with 1 torch thread, 6.0 fps with 2. OpenCV's
     idle worker busy-waits for its next job, taking the core from the other stages: on the `make run` sample, 2
-    cores, tracks only 69.6 fps with one OpenCV thread against 63.2 with two, 48.6 against 48.1 with the video
-    (interleaved runs, medians of 5)."""
+    cores, 52.1 fps with the video with one OpenCV thread against 49.6 with two, 72.4 against 68.6 tracks only
+    (interleaved runs, medians of 6)."""
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, (os.cpu_count() or 1) - 1)
         torch.set_num_threads(threads)
