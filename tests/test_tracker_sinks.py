@@ -123,6 +123,29 @@ def test_video_sink_draws_the_overlay(tmp_path: Path) -> None:
     assert np.abs(image.astype(int) - 40).max() > 100  # keypoints drawn on the flat grey frame
 
 
+@pytest.mark.parametrize("size", [(64, 48), (65, 47)])
+def test_video_keeps_the_frame_colours(tmp_path: Path, size: tuple[int, int]) -> None:
+    """The canvas goes to YUV 4:2:0 before the encoder (BT.601, limited range, as players read it): saturated and
+    grey blocks come back within a few levels (crf 0: the only loss is the conversion and chroma subsampling)."""
+    width, height = size
+    colours = [(220, 30, 30), (30, 200, 40), (20, 40, 210), (250, 250, 250), (128, 128, 128), (10, 10, 10)]
+    image = np.zeros((height, width, 3), np.uint8)
+    for k, colour in enumerate(colours):  # 16 px blocks in two rows: chroma is shared by 2x2 pixels
+        row, col = divmod(k, 3)
+        image[row * 16 : row * 16 + 16, col * 16 : col * 16 + 16] = colour
+    sink = VideoSink(tmp_path / "colours.mp4", crf=0)
+    sink.open(_info(width, height))
+    result = FrameResult(0, 0.0, np.zeros((3, 2)), np.zeros(3), np.zeros(3, bool), SquareBox(0, 0, 16))
+    sink.write(Frame(0, 0.0, image), result)  # nothing visible: nothing drawn over the blocks
+    sink.close()
+    with av.open(str(sink.path)) as container:
+        decoded = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    for k, colour in enumerate(colours):
+        row, col = divmod(k, 3)
+        block = decoded[row * 16 + 2 : row * 16 + 14, col * 16 + 2 : col * 16 + 14].reshape(-1, 3).astype(float)
+        np.testing.assert_allclose(block.mean(axis=0), colour, atol=4)
+
+
 def test_file_sinks_write_the_three_output_paths(tmp_path: Path) -> None:
     out = tmp_path / "new" / "folder"
     sinks = file_sinks(out, "clip")

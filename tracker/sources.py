@@ -22,6 +22,7 @@ import numpy as np
 from cape_track.model.errors import first_line
 from cape_track.tracker.errors import SourceError, TrackerWarning
 from cape_track.tracker.frames import Frame
+from cape_track.tracker.threads import start_helper
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FPS = 25.0  # used when a stream does not say (image folders, some containers)
@@ -83,8 +84,7 @@ class _QueuedSource(Source):
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._delivered = 0
-        self._thread = threading.Thread(target=self._work, name=f"cape-decode-{self.name}", daemon=True)
-        self._thread.start()
+        self._thread = start_helper(self._work, f"cape-decode-{self.name}")
         first = self._next_item()
         if first is _END:
             self.close()
@@ -321,8 +321,7 @@ class WebcamSource(Source):
         self._ended = False
         self._failure: Exception | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name=f"cape-webcam-{index}", daemon=True)
-        self._thread.start()
+        self._thread = start_helper(self._work, f"cape-webcam-{index}")
 
     @property
     def alive(self) -> bool:
