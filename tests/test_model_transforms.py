@@ -15,6 +15,7 @@ from cape_track.model.transforms import (
     crop_to_input,
     denormalize_images,
     frame_to_input,
+    halved,
     input_to_frame,
     normalize_images,
 )
@@ -57,6 +58,28 @@ def test_crop_is_black_outside_the_frame_and_follows_the_box() -> None:
     assert crop.shape == (80, 80, 3)
     assert (crop[:10] == 0).all() and (crop[:, :20] == 0).all()  # outside the frame
     assert tuple(crop[20, 40]) == (255, 0, 0)  # frame (20, 10) lands at input (40, 20)
+
+
+def test_halving_averages_2x2_blocks_and_drops_an_odd_edge() -> None:
+    image = np.arange(5 * 7, dtype=np.uint8).reshape(5, 7) * 4
+    half = halved(image)
+    expected = image[:4, :6].reshape(2, 2, 3, 2).astype(float).mean(axis=(1, 3))
+    assert half.shape == (2, 3)
+    np.testing.assert_allclose(half, expected, atol=0.5)  # rounded to uint8
+    assert halved(image, 0) is image
+
+
+def test_a_large_shrink_keeps_points_where_the_box_maps_them() -> None:
+    """Through two halvings (a 4x shrink) a blob lands where `SquareBox.matrix` sends its centre: the halved
+    pixels' centres are accounted for."""
+    image = np.zeros((1024, 1024, 3), np.uint8)
+    image[600:608, 400:408] = 255  # centre (403.5, 603.5) in frame px
+    box = SquareBox(100.0, 50.0, 1024.0)
+    crop = crop_to_input(image, box, 256).astype(float).sum(axis=2)
+    ys, xs = np.mgrid[: crop.shape[0], : crop.shape[1]]
+    centroid = np.array([(xs * crop).sum(), (ys * crop).sum()]) / crop.sum()
+    expected = box.matrix(256) @ np.array([403.5, 603.5, 1.0])
+    np.testing.assert_allclose(centroid, expected, atol=0.15)
 
 
 def test_a_large_shrink_is_area_averaged_not_aliased() -> None:
