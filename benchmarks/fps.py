@@ -6,7 +6,9 @@ too), and the tracker alone against what a user would run instead (plain LK opti
 matching of the backbone's features) on the same decoded frames. The CPU limit is what the cores could sustain if
 the stages shared them perfectly (cores / their CPU seconds per frame, each measured alone), and `cpu_efficiency`
 the pipeline against min(slowest stage, that limit): on two cores the old `overlap_ratio` (pipeline / slowest
-stage) compares with a limit the cores cannot reach. A table is printed and `--json` keeps the figures.
+stage) compares with a limit the cores cannot reach. Each figure is its best round; each round also gives its own
+efficiency (`cpu_efficiency_rounds`), from stages and pipelines run back to back, since a shared machine's speed
+drifts between rounds. A table is printed and `--json` keeps the figures.
 
     python -m cape_track.benchmarks.fps --video samples/sample.mp4 --support samples/sample.jpg --json fps.json
 """
@@ -515,32 +517,44 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
     baselines: dict[str, Stage] = {}
     smoother_ms = smoother_ms_100 = kalman_ms_100 = float("inf")
     runs: dict[str, PipelineRun] = {}
+    paired: list[tuple[float, float]] = []  # per round: (with video, tracks only) efficiency, from that round alone
+
+    def pipeline(name: str) -> PipelineRun:
+        (tracker, note), v = pipelines[name]
+        with cpu_threads(v.threads):
+            run = pipeline_run(tracker, opts.video, opts.frames, out, name, device, note, v.video)
+        if name not in runs or run.fps > runs[name].fps:
+            runs[name] = run
+        return run
+
     with tempfile.TemporaryDirectory(prefix="cape-fps-") as tmp:
         out = Path(tmp)
         for r in range(opts.repeat):
             log(f"round {r + 1}/{opts.repeat}: {len(stages)} stages, {len(pipelines)} pipeline runs ...")
+            # The stages the efficiency is computed from, then the two pipelines it is about, back to back: the
+            # effective speed of this shared machine drifts by +-20 % over tens of seconds.
+            now: dict[str, Stage] = {}
             again = decode_stage(opts.video, opts.frames, keep=False)
-            stages["decode"] = Stage.timed(again.count, again.seconds, again.cpu).best(stages["decode"])
+            now["decode"] = Stage.timed(again.count, again.seconds, again.cpu)
+            now["track"], tracked = track_stage(track_tracker, decoded, device)
+            tracks = file_sinks(out, "write", video=False)[0]
+            now["write"] = sink_stage(tracks, decoded, tracked, info, device)
+            now["encode"] = sink_stage(VideoSink(out / "encode.mp4"), decoded, tracked, info, device)
+            main, tracks_only = pipeline("main"), pipeline("tracks_only")
+            paired.append((efficiency(main, now, WITH_VIDEO_STAGES), efficiency(tracks_only, now, TRACKS_STAGES)))
+            for name, stage in now.items():
+                stages[name] = stage.best(stages[name])
             model, raw = track_stage(model_tracker, decoded, device)
             stages["model"] = model.best(stages["model"])
-            track, tracked = track_stage(track_tracker, decoded, device)
-            stages["track"] = track.best(stages["track"])
             for name, stage in baseline_stages(track_tracker, decoded, tracked, opts.support, device).items():
                 baselines[name] = stage.best(baselines.get(name))
-            tracks = file_sinks(out, "write", video=False)[0]
-            stages["write"] = sink_stage(tracks, decoded, tracked, info, device).best(stages["write"])
-            video = VideoSink(out / "encode.mp4")
-            stages["encode"] = sink_stage(video, decoded, tracked, info, device).best(stages["encode"])
             smoother_ms = min(smoother_ms, smoother_stage(decoded.frames, raw))
             smoother_ms_100 = min(smoother_ms_100, smoother_stage(decoded.frames, raw, SMOOTHER_KEYPOINTS))
             kalman_ms_100 = min(kalman_ms_100, smoother_stage(decoded.frames, raw, SMOOTHER_KEYPOINTS, flow=False))
-            for name, ((tracker, note), v) in pipelines.items():
-                with cpu_threads(v.threads):
-                    run = pipeline_run(tracker, opts.video, opts.frames, out, name, device, note, v.video)
-                if name not in runs or run.fps > runs[name].fps:
-                    runs[name] = run
+            for name in pipelines.keys() - {"main", "tracks_only"}:
+                pipeline(name)
     smoother = (smoother_ms, smoother_ms_100, kalman_ms_100)
-    return report(opts, decoded, stages, runs, smoother, backbone, track_tracker, baselines)
+    return report(opts, decoded, stages, runs, smoother, backbone, track_tracker, baselines, paired)
 
 
 @contextlib.contextmanager
@@ -557,10 +571,20 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
         cv2.setNumThreads(before[1])
 
 
+WITH_VIDEO_STAGES = ("decode", "track", "write", "encode")  # what the pipeline with the video runs
+TRACKS_STAGES = ("decode", "track", "write")  # ... and tracks only
+
+
 def cpu_limit(stages: dict[str, Stage], names: Sequence[str], cores: int) -> float:
     """Frames per second `cores` could sustain if the stages `names` shared them perfectly: cores / the sum of
     their CPU seconds per frame, each measured alone."""
     return cores / (sum(stages[s].cpu_ms for s in names) / 1000.0)
+
+
+def efficiency(run: PipelineRun, stages: dict[str, Stage], names: Sequence[str]) -> float:
+    """`cpu_efficiency`: the pipeline's fps over what its stages `names` allow, the slowest alone or the CPU limit."""
+    slowest = min(stages[s].fps for s in names)
+    return run.fps / min(slowest, cpu_limit(stages, names, os.cpu_count() or 1))
 
 
 def report(
@@ -572,14 +596,15 @@ def report(
     backbone: dict[str, float] | None,
     tracker: Tracker,
     baselines: dict[str, Stage],
+    paired: Sequence[tuple[float, float]],
 ) -> dict[str, object]:
+    """The JSON report. Every figure is its best round; `paired` holds each round's efficiencies (with the video,
+    tracks only) computed from that round's own stages and pipelines, measured back to back."""
     main, per_frame, tracks_only = runs["main"], runs["support_per_frame"], runs["tracks_only"]
     cores = os.cpu_count() or 1
-    with_video_stages, tracks_stages = ("decode", "track", "write", "encode"), ("decode", "track", "write")
-    limit = cpu_limit(stages, with_video_stages, cores)
-    limit_tracks = cpu_limit(stages, tracks_stages, cores)
-    slowest = min(with_video_stages, key=lambda s: stages[s].fps)
-    slowest_tracks = min(tracks_stages, key=lambda s: stages[s].fps)
+    limit = cpu_limit(stages, WITH_VIDEO_STAGES, cores)
+    limit_tracks = cpu_limit(stages, TRACKS_STAGES, cores)
+    slowest = min(WITH_VIDEO_STAGES, key=lambda s: stages[s].fps)
     by_batch = {b: runs["keyframes_off" if b == opts.batch else f"batch{b}"] for b in sorted({1, opts.batch})}
     by_batch |= {b: runs["keyframes_off" if b == opts.batch else f"batch{b}"] for b in opts.batches}
     by_accel = {a: runs[f"accel_{a}"] for a in opts.accels}
@@ -592,8 +617,14 @@ def report(
         "with_video_fps": main.fps,
         "tracks_only_fps": tracks_only.fps,
         "cpu_limit_fps": limit,
-        "cpu_efficiency": main.fps / min(stages[slowest].fps, limit),
-        "cpu_efficiency_tracks_only": tracks_only.fps / min(stages[slowest_tracks].fps, limit_tracks),
+        "cpu_efficiency": efficiency(main, stages, WITH_VIDEO_STAGES),
+        "cpu_efficiency_tracks_only": efficiency(tracks_only, stages, TRACKS_STAGES),
+        "cpu_efficiency_rounds": {
+            "with_video": [v for v, _ in paired],
+            "tracks_only": [t for _, t in paired],
+            "median_with_video": float(np.median([v for v, _ in paired])),
+            "median_tracks_only": float(np.median([t for _, t in paired])),
+        },
         "overlap_ratio": main.fps / stages[slowest].fps,
         "cached_vs_naive_ratio": main.fps / per_frame.fps,
         "vs_eager_per_frame_ratio": {
@@ -699,7 +730,7 @@ def format_table(report: dict) -> str:
     ):
         lines.append(f"{name:<34}{1000.0 / ms:>10.1f}{ms:>10.2f}")
     lat, kf, vs, th = report["latency_ms"], report["keyframes"], report["vs_eager_per_frame_ratio"], report["threads"]
-    main_run = report["runs"]["main"]
+    main_run, rounds = report["runs"]["main"], report["cpu_efficiency_rounds"]
     lines += [
         "",
         f"with video         {report['with_video_fps']:6.1f} fps  (latency median {lat['median']:.0f} ms, p95 "
@@ -713,6 +744,9 @@ def format_table(report: dict) -> str:
         f"{sum(st[f'{k}_cpu_ms'] for k in ('decode', 'track', 'write', 'encode')):.2f} for the stages alone",
         f"cpu efficiency     {report['cpu_efficiency']:6.2f}  pipeline / min(slowest stage, cpu limit)   target >= "
         f"{tg['cpu_efficiency']} ({report['cpu_efficiency_tracks_only']:.2f} tracks only)",
+        f"  round by round   {rounds['median_with_video']:6.2f}  median ({min(rounds['with_video']):.2f}-"
+        f"{max(rounds['with_video']):.2f}; tracks only {rounds['median_tracks_only']:.2f}), each round's stages and "
+        "pipelines back to back",
         f"overlap ratio      {report['overlap_ratio']:6.2f}  pipeline / slowest stage ({st['slowest']}) "
         f"  target >= {tg['overlap_ratio']} (a limit 2 cores cannot reach: see cpu efficiency)",
         f"threads            {th['default_vs_all_cores_ratio']:6.2f}  {th['default']} torch/ORT/OpenCV thread(s) vs "

@@ -115,6 +115,10 @@ def test_fps_runs_end_to_end_and_writes_the_fixed_keys(tmp_path: Path) -> None:
         "tracker_vs_nn_matching_ratio",
     }
     assert all(value > 0 for value in report["baselines"].values())
+    # One round: its own efficiencies are the report's (the same stages and pipelines).
+    rounds = report["cpu_efficiency_rounds"]
+    assert rounds["with_video"] == [pytest.approx(report["cpu_efficiency"])]
+    assert rounds["tracks_only"] == [pytest.approx(report["cpu_efficiency_tracks_only"])]
     assert png.stat().st_size > 0
 
 
@@ -213,3 +217,39 @@ def test_warped_clip_command_reports_an_unwritable_folder(tmp_path: Path, capsys
     assert warped_clip.main(["--out", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("python -m cape_track.benchmarks.warped_clip: error: cannot write")
+
+
+def test_a_scaled_clip_keeps_its_points_on_the_same_content(tmp_path: Path) -> None:
+    """Downscaled by 1/2: the video, the reference and the supports shrink together (pixel centres at integers, so
+    the frame's corners stay its corners), the support is still a frame of the clip, and the content under each
+    reference point is the original's, averaged."""
+    import cv2
+
+    from cape_track.benchmarks.scaled_clip import main, scaled_points
+    from cape_track.benchmarks.warped_clip import ClipConfig, write_benchmark
+
+    np.testing.assert_allclose(
+        scaled_points(np.array([[-0.5, -0.5], [239.5, 179.5]]), 0.5), [[-0.5, -0.5], [119.5, 89.5]]
+    )
+    write_benchmark(tmp_path / "big", "coffee", seed=2, config=ClipConfig(frames=12, size=(240, 180), key_every=6))
+    assert main(["--clip", str(tmp_path / "big"), "--out", str(tmp_path / "small"), "--scale", "0.5"]) == 0
+    big, small = Tracks.read(tmp_path / "big/reference.json"), Tracks.read(tmp_path / "small/reference.json")
+    frames, _, _ = read_frames(tmp_path / "small/clip.mp4")
+    originals, _, _ = read_frames(tmp_path / "big/clip.mp4")
+    assert frames[0].shape == (90, 120, 3) and (small.width, small.height) == (120, 90)
+    np.testing.assert_allclose(small.xy, scaled_points(big.xy, 0.5), atol=2e-3)
+    assert np.array_equal(small.index, big.index) and small.names == big.names
+    for t in (0, 11):
+        shrunk = cv2.resize(originals[t], (120, 90), interpolation=cv2.INTER_AREA).astype(float)
+        aligned = np.abs(frames[t] - shrunk).mean()  # H.264's and 4:2:0's losses only
+        assert aligned < 6.0 and aligned < 0.5 * np.abs(frames[t] - np.roll(shrunk, 2, axis=1)).mean()
+    support = json.loads((tmp_path / "small/support_f009.json").read_text())
+    np.testing.assert_allclose(support["keypoints"], small.xy[9], atol=2e-3)
+    assert locate_support_frame(frames, load_image(tmp_path / "small/support_f009.png")) == 9
+
+
+def test_scaled_clip_refuses_a_scale_above_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from cape_track.benchmarks.scaled_clip import main
+
+    assert main(["--clip", str(tmp_path), "--out", str(tmp_path / "o"), "--scale", "2"]) == 2
+    assert "scale must be in (0, 1]" in capsys.readouterr().err

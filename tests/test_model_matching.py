@@ -9,10 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from fixtures_media import write_clip, write_support
 
 from cape_track.model import CapeModel, SupportSet
-from cape_track.model.matching import FinderConfig, KeypointFinder, MatchSupport, match_support, rotate_inputs
+from cape_track.model.matching import (
+    FinderConfig,
+    KeypointFinder,
+    MatchSupport,
+    hypercolumns,
+    match_support,
+    rotate_inputs,
+)
 from cape_track.model.transforms import SquareBox
 from cape_track.tracker import Tracker, TrackerConfig, VideoFileSource
 from cape_track.tracker.pipeline import search_tiles
@@ -44,6 +52,27 @@ def _similarity(angle_deg: float, scale: float, shift: tuple[float, float], poin
     rot = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
     centre = points.mean(0)
     return (points - centre) @ rot.T + centre + np.asarray(shift)
+
+
+def test_hypercolumns_are_the_unit_concatenation_of_unit_upsampled_levels() -> None:
+    """The fast path (channels-last upsampling, rsqrt norms) gives the plain definition's values, a vector of zeros
+    stays zeros, and half precision features whose squares overflow float16 still come out unit."""
+    generator = torch.Generator().manual_seed(0)
+    levels = [torch.randn(2, 5, 12, 10, generator=generator), torch.randn(2, 7, 6, 5, generator=generator)]
+    levels.append(torch.randn(2, 3, 3, 3, generator=generator))  # 3 -> 12 x 10: not a factor of 2
+    levels[0][1, :, 4, 4] = 0.0
+    levels[1][1] = levels[2][1] = 0.0  # so cell (4, 4) of the second is zero at every level
+    size = levels[0].shape[-2:]
+    plain = F.normalize(
+        torch.cat([F.normalize(F.interpolate(x, size=size, mode="bilinear", align_corners=False)) for x in levels], 1)
+    )
+    fast = hypercolumns(levels)
+    assert fast.shape == (2, 15, 12, 10)
+    assert torch.allclose(fast, plain, atol=1e-6)
+    assert fast[1, :, 4, 4].abs().max() == 0.0
+    big = hypercolumns([300.0 * levels[0][:1].half(), 300.0 * levels[1][:1].half()])
+    assert big.dtype == torch.float16
+    assert torch.allclose(big.float().square().sum(1), torch.ones(1, 12, 10), atol=1e-2)
 
 
 def test_the_layout_fit_recovers_a_moved_rotated_scaled_object() -> None:

@@ -9,7 +9,14 @@ import pytest
 from filterpy.common import Q_discrete_white_noise
 from filterpy.kalman import KalmanFilter
 
-from cape_track.tracker.smoothing import FlowImage, KalmanSmoother, SmootherConfig, optical_flow, predict
+from cape_track.tracker.smoothing import (
+    FlowImage,
+    KalmanSmoother,
+    SmootherConfig,
+    optical_flow,
+    predict,
+    white_noise,
+)
 
 NO_GATE = SmootherConfig(flow=False, gate=1e12, min_score=0.0)
 
@@ -224,3 +231,11 @@ def test_flow_delays_a_restart_the_network_asks_for() -> None:
     for _ in range(3):
         state = smoother.step(state, np.array([[110.0, 60.0]]), np.ones(1), 60.0, image=blank).state
     np.testing.assert_allclose(state.xy[0], [110.0, 60.0])
+
+
+def test_the_cached_process_noise_is_filterpys_and_cannot_be_changed() -> None:
+    for dt in (1.0, 0.5, 2.25):
+        assert np.array_equal(white_noise(dt), Q_discrete_white_noise(dim=2, dt=dt, var=1.0))
+    with pytest.raises(ValueError, match="read-only"):
+        white_noise(1.0)[0, 0] = 5.0
+    assert white_noise(1.0)[0, 0] == 0.25

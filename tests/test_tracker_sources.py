@@ -16,7 +16,14 @@ from fixtures_media import FakeCapture, write_clip
 
 from cape_track.tracker.errors import SourceError, TrackerWarning
 from cape_track.tracker.frames import Frame
-from cape_track.tracker.sources import ImageFolderSource, VideoFileSource, WebcamSource, open_source, read_frames
+from cape_track.tracker.sources import (
+    ImageFolderSource,
+    VideoFileSource,
+    WebcamSource,
+    frame_rgb,
+    open_source,
+    read_frames,
+)
 
 
 def _wait_until(condition, timeout: float = 10.0) -> None:
@@ -254,3 +261,20 @@ def test_missing_camera_is_one_quiet_line(capfd: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SourceError, match="webcam 97: cannot be opened"):
         open_source(97)
     assert capfd.readouterr().err == ""  # OpenCV's probing logs are silenced
+
+
+def test_frames_convert_to_rgb_as_swscale_does(tmp_path: Path) -> None:
+    """OpenCV's fast path stays within rounding of swscale on BT.601 limited-range 4:2:0; a BT.709 or full-range frame
+    and an odd-sized one are swscale's exactly (it reads the matrix and the range from the frame)."""
+    rng = np.random.default_rng(0)
+    picture = cv2.GaussianBlur(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (5, 5), 0)
+    picture[:16, :16] = (255, 0, 0)  # saturated: where the matrices differ most
+    frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+    fast = frame_rgb(frame)
+    assert fast.shape == (48, 64, 3) and fast.dtype == np.uint8
+    assert np.abs(fast.astype(int) - frame.to_ndarray(format="rgb24")).max() <= 3
+    for colorspace, color_range in ((1, 1), (2, 2)):  # BT.709 limited, unspecified full range
+        frame.colorspace, frame.color_range = colorspace, color_range
+        assert np.array_equal(frame_rgb(frame), frame.to_ndarray(format="rgb24"))
+    odd = av.VideoFrame.from_ndarray(picture[:47, :63].copy(), format="rgb24").reformat(format="yuv420p")
+    assert np.array_equal(frame_rgb(odd), odd.to_ndarray(format="rgb24"))

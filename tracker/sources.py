@@ -218,7 +218,7 @@ class VideoFileSource(_QueuedSource):
         size: tuple[int, int] | None = None  # (W, H) of the first frame: every frame is delivered at it
         resized = False
         for index, decoded in enumerate(self._container.decode(self._stream)):
-            image = decoded.to_ndarray(format="rgb24")
+            image = frame_rgb(decoded)
             quarter_turns = round(decoded.rotation / 90) % 4  # display matrix: counter-clockwise degrees
             if quarter_turns:
                 image = np.ascontiguousarray(np.rot90(image, k=quarter_turns))
@@ -246,6 +246,28 @@ class VideoFileSource(_QueuedSource):
 
     def _release(self) -> None:
         self._container.close()
+
+
+# BT.601 (or unspecified, which FFmpeg reads as BT.601) in limited (or unspecified) range: what OpenCV's YUV -> RGB
+# conversion assumes. AVColorSpace and AVColorRange values.
+_OPENCV_COLORSPACES = {2, 5, 6}  # unspecified, BT470BG, SMPTE170M
+_OPENCV_RANGES = {0, 1}  # unspecified, MPEG (limited)
+
+
+def frame_rgb(decoded: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as RGB `[H, W, 3]` uint8. The common case, 8-bit 4:2:0 in BT.601 limited range at even sizes,
+    goes through OpenCV: 0.9-1.1 against 1.7-2.1 ms per 720p frame for swscale (one thread), within 3 levels of it
+    (1.0 on average, rounding). Every other format, colour matrix or range is left to swscale, which reads them
+    from the frame."""
+    if (
+        decoded.format.name == "yuv420p"
+        and decoded.width % 2 == 0
+        and decoded.height % 2 == 0
+        and decoded.colorspace in _OPENCV_COLORSPACES
+        and decoded.color_range in _OPENCV_RANGES
+    ):
+        return cv2.cvtColor(decoded.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
+    return decoded.to_ndarray(format="rgb24")
 
 
 class ImageFolderSource(_QueuedSource):
