@@ -67,6 +67,8 @@ OVERLAP_TARGET = 0.9  # pipeline fps / slowest stage fps (DESIGN.md, Targets)
 CACHED_TARGET = 1.5  # cached / per-frame support fps, 1-shot
 SMOOTHER_KEYPOINTS = 100  # the smoother target is stated for 100 keypoints ...
 SMOOTHER_TARGET_MS = 1.0  # ... per frame
+WITH_VIDEO_STAGES = ("decode", "track", "write", "encode")  # the stages the pipeline with the video runs
+TRACKS_STAGES = ("decode", "track", "write")  # ... and tracks only
 
 
 # --------------------------------------------------------------------------------------------------- timing
@@ -551,7 +553,7 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
             smoother_ms = min(smoother_ms, smoother_stage(decoded.frames, raw))
             smoother_ms_100 = min(smoother_ms_100, smoother_stage(decoded.frames, raw, SMOOTHER_KEYPOINTS))
             kalman_ms_100 = min(kalman_ms_100, smoother_stage(decoded.frames, raw, SMOOTHER_KEYPOINTS, flow=False))
-            for name in pipelines.keys() - {"main", "tracks_only"}:
+            for name in [n for n in pipelines if n not in ("main", "tracks_only")]:
                 pipeline(name)
     smoother = (smoother_ms, smoother_ms_100, kalman_ms_100)
     return report(opts, decoded, stages, runs, smoother, backbone, track_tracker, baselines, paired)
@@ -569,10 +571,6 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
     finally:
         torch.set_num_threads(before[0])
         cv2.setNumThreads(before[1])
-
-
-WITH_VIDEO_STAGES = ("decode", "track", "write", "encode")  # what the pipeline with the video runs
-TRACKS_STAGES = ("decode", "track", "write")  # ... and tracks only
 
 
 def cpu_limit(stages: dict[str, Stage], names: Sequence[str], cores: int) -> float:
