@@ -109,10 +109,10 @@ def hypercolumns(levels: Sequence[torch.Tensor]) -> torch.Tensor:
 def _unit(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """`x` scaled to unit L2 norm over dim 1, `x / max(|x|, eps)` as `F.normalize` computes it, but from a sum of
     squares and `rsqrt`: torch's vector norm over the channels of a feature map is slow on the CPU (0.59 against
-    0.06 ms for one crop's `[1, 152, 32, 32]` hypercolumns, one thread). The squares are summed in float32, so half
-    precision features cannot overflow them."""
+    0.06 ms for one crop's `[1, 152, 32, 32]` hypercolumns, one thread). The squares, and the scaling, are in float32:
+    in half precision the squares overflow, and the scale of a tiny or zero vector is infinite (NaN or inf out)."""
     squares = x.float().square().sum(1, keepdim=True)
-    return x * squares.clamp_min(eps * eps).rsqrt().to(x.dtype)
+    return (x * squares.clamp_min(eps * eps).rsqrt()).to(x.dtype)
 
 
 def sample_at(features: torch.Tensor, xy_input: torch.Tensor, input_size: int) -> torch.Tensor:

@@ -73,6 +73,10 @@ def test_hypercolumns_are_the_unit_concatenation_of_unit_upsampled_levels() -> N
     big = hypercolumns([300.0 * levels[0][:1].half(), 300.0 * levels[1][:1].half()])
     assert big.dtype == torch.float16
     assert torch.allclose(big.float().square().sum(1), torch.ones(1, 12, 10), atol=1e-2)
+    small = [levels[0][1:].half(), 1e-6 * levels[1][:1].half()]  # a zero cell, and a level of tiny norms
+    half = hypercolumns(small)
+    assert torch.isfinite(half).all() and half[0, :5, 4, 4].abs().max() == 0.0
+    assert torch.allclose(half.float().square().sum(1), torch.ones(1, 12, 10), atol=1e-2)
 
 
 def test_the_layout_fit_recovers_a_moved_rotated_scaled_object() -> None:
