@@ -412,8 +412,8 @@ class VideoSink(Sink):
         draw_pose(canvas, result.xy_frame, result.scores, result.visible, info.skeleton, info.names, self._colors)
         # RGB to BT.601 limited-range I420 by OpenCV, the conversion swscale would do inside `encode` (within one
         # level): 1.6 against 10.2 ms per 720p frame, measured on two cores, where it was half of the encoder's time.
-        # PyAV wraps that array without a copy (`from_ndarray` copied it: 0.56 ms per 720p frame); the encoder has
-        # read it by the time `encode` returns.
+        # PyAV wraps that array without a copy (`from_ndarray` copied it: 0.56 ms per 720p frame). The frame's buffer
+        # keeps the array alive while an encoder holds it, and the array is new for every frame.
         yuv = cv2.cvtColor(canvas, cv2.COLOR_RGB2YUV_I420)
         video_frame = av.VideoFrame.from_numpy_buffer(yuv, format="yuv420p")
         self._last_pts = max(round(result.time * 1000), self._last_pts + 1)
