@@ -42,25 +42,27 @@ def write_scaled(clip: Path, out: Path, scale: float) -> dict[str, Path]:
     new clip, decoded."""
     if not 0.0 < scale <= 1.0:
         raise ValueError(f"scale must be in (0, 1], got {scale}")
+    # Everything is read and checked before anything is written: a bad input leaves no half-made folder.
     frames, _, fps = read_frames(clip / "clip.mp4")
+    reference = Tracks.read(clip / "reference.json")
+    shots: dict[str, tuple[int, KeypointFile]] = {}
+    for keypoints in sorted(clip.glob("support_f*.json")):
+        match = re.fullmatch(r"support_f(\d+)", keypoints.stem)
+        if match is None or int(match[1]) >= len(frames):
+            raise ValueError(f"{keypoints}: not named support_fNNN after a frame of the clip")
+        shots[keypoints.stem] = int(match[1]), KeypointFile.load(keypoints)
     height, width = frames[0].shape[:2]
     size = even_size(width, height, scale)
     factor = np.array([size[0] / width, size[1] / height])
     out.mkdir(parents=True, exist_ok=True)
     paths = {"video": out / "clip.mp4", "reference": out / "reference.json"}
     write_video(paths["video"], [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames], fps)
-    reference = Tracks.read(clip / "reference.json")
     replace(reference, xy=scaled_points(reference.xy, factor), width=size[0], height=size[1]).write(paths["reference"])
     small, _, _ = read_frames(paths["video"])  # a support is a frame of the clip as the tracker decodes it
-    for keypoints in sorted(clip.glob("support_f*.json")):
-        match = re.fullmatch(r"support_f(\d+)", keypoints.stem)
-        if match is None or int(match[1]) >= len(small):
-            raise ValueError(f"{keypoints}: not named support_fNNN after a frame of the clip")
-        image = out / f"{keypoints.stem}.png"
-        cv2.imwrite(str(image), cv2.cvtColor(small[int(match[1])], cv2.COLOR_RGB2BGR))
-        shot = KeypointFile.load(keypoints)
-        replace(shot, keypoints=scaled_points(shot.keypoints, factor)).save(out / keypoints.name)
-        paths[keypoints.stem] = image
+    for stem, (index, shot) in shots.items():
+        paths[stem] = out / f"{stem}.png"
+        cv2.imwrite(str(paths[stem]), cv2.cvtColor(small[index], cv2.COLOR_RGB2BGR))
+        replace(shot, keypoints=scaled_points(shot.keypoints, factor)).save(out / f"{stem}.json")
     return paths
 
 

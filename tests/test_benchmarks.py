@@ -248,8 +248,12 @@ def test_a_scaled_clip_keeps_its_points_on_the_same_content(tmp_path: Path) -> N
     assert locate_support_frame(frames, load_image(tmp_path / "small/support_f009.png")) == 9
 
 
-def test_scaled_clip_refuses_a_scale_above_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_scaled_clip_refuses_a_bad_scale_or_clip(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from cape_track.benchmarks.scaled_clip import main
 
     assert main(["--clip", str(tmp_path), "--out", str(tmp_path / "o"), "--scale", "2"]) == 2
     assert "scale must be in (0, 1]" in capsys.readouterr().err
+    write_clip(tmp_path, frames=4)  # a clip without its reference: one line, and nothing written
+    assert main(["--clip", str(tmp_path), "--out", str(tmp_path / "o"), "--scale", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "reference.json" in err and not (tmp_path / "o").exists()

@@ -272,6 +272,7 @@ def test_frames_convert_to_rgb_as_swscale_does(tmp_path: Path) -> None:
     frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
     fast = frame_rgb(frame)
     assert fast.shape == (48, 64, 3) and fast.dtype == np.uint8
+    assert np.array_equal(fast, cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420))  # the fast path ran
     assert np.abs(fast.astype(int) - frame.to_ndarray(format="rgb24")).max() <= 3
     for colorspace, color_range in ((1, 1), (2, 2)):  # BT.709 limited, unspecified full range
         frame.colorspace, frame.color_range = colorspace, color_range
