@@ -1,4 +1,5 @@
-"""Helper threads (decoding, encoding) run below the main thread's priority, which stays as it was."""
+"""Helper threads: the decoder runs below the main thread's priority, the encoder at it; the caller's stays as it
+was."""
 
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ def test_a_helper_runs_lowered_and_the_caller_keeps_its_priority() -> None:
     assert _nice() == before
 
 
+@linux
+def test_a_helper_asked_for_no_lowering_keeps_the_callers_priority() -> None:
+    before = _nice()
+    seen: list[int] = []
+    threads.start_helper(lambda: seen.append(_nice()), "cape-test", niceness=0).join()
+    assert seen == [before]
+
+
 def test_no_lowering_where_asked_for_none_or_off_linux(monkeypatch: pytest.MonkeyPatch) -> None:
     before = _nice()
     assert threads.lower_priority(0) is False
@@ -47,15 +56,15 @@ def test_no_lowering_where_asked_for_none_or_off_linux(monkeypatch: pytest.Monke
 
 
 @linux
-def test_decoder_and_encoder_threads_run_lowered(tmp_path: Path) -> None:
+def test_the_decoder_runs_lowered_and_the_encoder_at_the_callers_priority(tmp_path: Path) -> None:
     before = _nice()
     source = VideoFileSource(write_clip(tmp_path, frames=30).path, queue_size=2)  # the decoder stays alive, waiting
     sink = VideoSink(tmp_path / "out.mp4")
     try:
         sink.open(TrackInfo("clip", source.fps, source.width, source.height, ("a",), ()))
         helpers = [t for t in threading.enumerate() if t.name.startswith(("cape-decode", "cape-encode"))]
-        assert {t.name.split("-")[1] for t in helpers} == {"decode", "encode"}
-        assert {_nice(t) for t in helpers} == {_lowered(before)}
+        nice = {t.name.split("-")[1]: _nice(t) for t in helpers}
+        assert nice == {"decode": _lowered(before), "encode": before}
     finally:
         sink.close()
         source.close()

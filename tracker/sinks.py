@@ -354,7 +354,7 @@ class VideoSink(Sink):
             raise SinkError(f"{self.path}: cannot start the {codec} encoder ({exc})") from exc
         self._stream = stream
         self._last_pts = -1
-        self._thread = start_helper(self._work, "cape-encode")
+        self._thread = start_helper(self._work, "cape-encode", niceness=0)  # a critical chain too (`threads`)
 
     def write(self, frame: Frame, result: FrameResult) -> None:
         self._raise_failure()
