@@ -58,6 +58,7 @@ from cape_track.tracker import (
     select_device,
 )
 from cape_track.tracker.accel import ACCELS, configure_cpu_threads, onnx_available
+from cape_track.tracker.threads import usable_cores
 
 PROG = "cape_track.benchmarks.fps"
 TRACKS_ONLY_TARGET = 60.0  # fps on the 720p sample, 10 keypoints, 2 CPU cores, defaults (issue 12)
@@ -416,6 +417,7 @@ def machine_facts(device: torch.device) -> dict[str, object]:
     facts: dict[str, object] = {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
+        "usable_cores": usable_cores(),  # what the cpu limit and the thread counts are computed from
         "torch_threads": torch.get_num_threads(),
         "opencv_threads": cv2.getNumThreads(),
         "torch": torch.__version__,
@@ -471,7 +473,7 @@ def variants(opts: Options) -> dict[str, Variant]:
         "eager_per_frame_tracks_only": Variant(accel="none", keyframe_every=1, video=False),
         "support_per_frame": Variant(support_per_call=True),
         "keyframes_off": Variant(keyframe_every=1),
-        "threads_all_cores": Variant(threads=os.cpu_count() or 1),  # no core left to the decoder and encoder
+        "threads_all_cores": Variant(threads=usable_cores()),  # no core left to the decoder and encoder
     }
     out |= {f"accel_{a}": Variant(accel=a) for a in opts.accels}
     out |= {f"batch{b}": Variant(keyframe_every=1, batch=b) for b in sorted({1, *opts.batches}) if b != opts.batch}
@@ -582,7 +584,7 @@ def cpu_limit(stages: dict[str, Stage], names: Sequence[str], cores: int) -> flo
 def efficiency(run: PipelineRun, stages: dict[str, Stage], names: Sequence[str]) -> float:
     """`cpu_efficiency`: the pipeline's fps over what its stages `names` allow, the slowest alone or the CPU limit."""
     slowest = min(stages[s].fps for s in names)
-    return run.fps / min(slowest, cpu_limit(stages, names, os.cpu_count() or 1))
+    return run.fps / min(slowest, cpu_limit(stages, names, usable_cores()))
 
 
 def report(
@@ -599,7 +601,7 @@ def report(
     """The JSON report. Every figure is its best round; `paired` holds each round's efficiencies (with the video,
     tracks only) computed from that round's own stages and pipelines, measured back to back."""
     main, per_frame, tracks_only = runs["main"], runs["support_per_frame"], runs["tracks_only"]
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     limit = cpu_limit(stages, WITH_VIDEO_STAGES, cores)
     limit_tracks = cpu_limit(stages, TRACKS_STAGES, cores)
     slowest = min(WITH_VIDEO_STAGES, key=lambda s: stages[s].fps)
@@ -736,7 +738,7 @@ def format_table(report: dict) -> str:
         "per-frame path",
         f"tracks only        {report['tracks_only_fps']:6.1f} fps   target >= {tg['tracks_only_fps']}; "
         f"x{vs['tracks_only']:.2f} the eager per-frame path",
-        f"cpu limit          {report['cpu_limit_fps']:6.1f} fps  {report['machine']['cpu_count']} cores / CPU per "
+        f"cpu limit          {report['cpu_limit_fps']:6.1f} fps  {report['machine']['usable_cores']} cores / CPU per "
         f"frame of the stages ({report['cpu_limit_fps_tracks_only']:.1f} tracks only)",
         f"pipeline CPU       {main_run['cpu_ms']:6.2f}  ms per frame ({main_run['cores_busy']:.2f} cores busy) vs "
         f"{sum(st[f'{k}_cpu_ms'] for k in ('decode', 'track', 'write', 'encode')):.2f} for the stages alone",
@@ -748,7 +750,7 @@ def format_table(report: dict) -> str:
         f"overlap ratio      {report['overlap_ratio']:6.2f}  pipeline / slowest stage ({st['slowest']}) "
         f"  target >= {tg['overlap_ratio']} (a limit 2 cores cannot reach: see cpu efficiency)",
         f"threads            {th['default_vs_all_cores_ratio']:6.2f}  {th['default']} torch/ORT/OpenCV thread(s) vs "
-        f"all {report['machine']['cpu_count']} cores ({th['all_cores_fps']:.1f} fps)",
+        f"all {report['machine']['usable_cores']} cores ({th['all_cores_fps']:.1f} fps)",
         f"keyframes          {kf['vs_off_ratio']:6.2f}  x fps vs the network on every frame ({100 * kf['share']:.0f} %"
         " of frames were keyframes)",
         f"cached vs naive    {report['cached_vs_naive_ratio']:6.2f}  {report['pipeline_fps']:.1f} fps vs "

@@ -4,7 +4,6 @@ scheduler driven by fake streams on CPU (its real-GPU counterpart is tests/test_
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from cape_track.model import CapeModel, SupportSet
 from cape_track.model.device import select_device
 from cape_track.model.errors import DeviceError
 from cape_track.model.transforms import SquareBox
+from cape_track.tracker import accel as accel_module
 from cape_track.tracker import pipeline
 from cape_track.tracker.accel import Accelerator, CudaAccelerator, configure_cpu_threads
 from cape_track.tracker.errors import TrackerWarning
@@ -58,7 +58,7 @@ def test_parallel_calls_are_the_cores_over_the_threads_per_call(monkeypatch: pyt
     """Two cores with one torch thread each run two of the search's model calls side by side; a call that takes
     every core leaves room for one; the GPU and `torch.compile` take one at a time."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(accel_module, "usable_cores", lambda: 2)
     assert Accelerator("cpu").parallel_calls == 2
     assert Accelerator("cpu", "compile").parallel_calls == 1
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
@@ -70,7 +70,7 @@ def test_cpu_threads_leave_a_core_to_decoding_and_encoding(monkeypatch: pytest.M
     """torch (and with it ONNX Runtime) and OpenCV take all cores but one; an explicit OMP_NUM_THREADS wins."""
     before = torch.get_num_threads(), cv2.getNumThreads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(accel_module, "usable_cores", lambda: 4)
     try:
         configure_cpu_threads(torch.device("cpu"))
         assert (torch.get_num_threads(), cv2.getNumThreads()) == (3, 3)

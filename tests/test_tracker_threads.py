@@ -69,3 +69,65 @@ def test_the_decoder_runs_lowered_and_the_encoder_at_the_callers_priority(tmp_pa
         sink.close()
         source.close()
     assert _nice() == before
+
+
+def _cgroups(tmp_path: Path, membership: str, files: dict[str, str]) -> tuple[Path, Path]:
+    """A fake /proc/self/cgroup with `membership` and a cgroup tree under tmp_path with `files` (path -> text)."""
+    root = tmp_path / "sys_fs_cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    root.mkdir(exist_ok=True)
+    proc = tmp_path / "cgroup"
+    proc.write_text(membership)
+    return proc, root
+
+
+def test_a_cgroup_v2_quota_is_read_the_tightest_over_the_group_and_its_ancestors(tmp_path: Path) -> None:
+    proc, root = _cgroups(
+        tmp_path,
+        "0::/kubepods/pod1/box\n",
+        {
+            "kubepods/cpu.max": "max 100000\n",
+            "kubepods/pod1/cpu.max": "150000 100000\n",
+            "kubepods/pod1/box/cpu.max": "max 100000\n",
+        },
+    )
+    assert threads.cgroup_cpu_quota(proc, root) == 1.5
+    (root / "kubepods/pod1/cpu.max").write_text("max 100000\n")
+    assert threads.cgroup_cpu_quota(proc, root) is None  # no limit anywhere: the affinity alone counts
+
+
+def test_a_container_sees_its_own_group_as_the_root(tmp_path: Path) -> None:
+    """Inside a container (a cgroup namespace) the group shows as "/" and the limit sits at the tree's top."""
+    proc, root = _cgroups(tmp_path, "0::/\n", {"cpu.max": "200000 100000\n"})
+    assert threads.cgroup_cpu_quota(proc, root) == 2.0
+
+
+def test_a_cgroup_v1_quota_is_read_from_the_cpu_controllers_tree(tmp_path: Path) -> None:
+    files = {
+        "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "300000\n",
+        "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+    }
+    proc, root = _cgroups(tmp_path, "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n", files)
+    assert threads.cgroup_cpu_quota(proc, root) == 3.0
+    (root / "cpu,cpuacct/docker/abc/cpu.cfs_quota_us").write_text("-1\n")  # v1's "no limit"
+    assert threads.cgroup_cpu_quota(proc, root) is None
+
+
+def test_no_quota_where_the_files_are_missing_or_damaged(tmp_path: Path) -> None:
+    assert threads.cgroup_cpu_quota(tmp_path / "absent", tmp_path) is None
+    proc, root = _cgroups(tmp_path, "0::/a\n", {"a/cpu.max": "garbage\n"})
+    assert threads.cgroup_cpu_quota(proc, root) is None
+    (root / "a/cpu.max").write_text("100000 0\n")
+    assert threads.cgroup_cpu_quota(proc, root) is None
+
+
+def test_usable_cores_are_the_affinity_capped_by_the_quota_rounded_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: None)
+    assert threads.usable_cores() == 4
+    monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: 2.5)
+    assert threads.usable_cores() == 2
+    monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: 0.5)  # half a core still runs one thread
+    assert threads.usable_cores() == 1

@@ -20,6 +20,7 @@ from torch import nn
 from cape_track.model.backbone import Backbone
 from cape_track.model.errors import first_line
 from cape_track.tracker.errors import TrackerWarning
+from cape_track.tracker.threads import usable_cores
 
 ACCELS = ("auto", "none", "compile", "tensorrt", "onnx")
 # ONNX Runtime's backbone is checked against eager on its first call: max |onnx - eager| must stay below this
@@ -58,7 +59,7 @@ def configure_cpu_threads(device: torch.device) -> None:
     cores, 52.1 fps with the video with one OpenCV thread against 49.6 with two, 72.4 against 68.6 tracks only
     (interleaved runs, medians of 6)."""
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        threads = max(1, (os.cpu_count() or 1) - 1)
+        threads = max(1, usable_cores() - 1)
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
 
@@ -102,7 +103,7 @@ class Accelerator:
         whose compiled graphs are not meant to be entered from two threads at once."""
         if self.device.type != "cpu" or self.accel == "compile":
             return 1
-        return max(1, (os.cpu_count() or 1) // torch.get_num_threads())
+        return max(1, usable_cores() // torch.get_num_threads())
 
     @staticmethod
     def for_device(device: torch.device | str, accel: str = "none", half: bool = False) -> Accelerator:

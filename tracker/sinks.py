@@ -23,7 +23,7 @@ import numpy as np
 from cape_track.tracker.drawing import draw_pose, draw_text, keypoint_colors
 from cape_track.tracker.errors import SinkError
 from cape_track.tracker.frames import Frame, FrameResult, TrackInfo
-from cape_track.tracker.threads import start_helper
+from cape_track.tracker.threads import start_helper, usable_cores
 from cape_track.tracker.tracks import header, result_record
 
 H264_ENCODERS = ("libx264", "libopenh264", "h264_videotoolbox", "h264_nvenc")  # first one PyAV can open wins
@@ -340,7 +340,7 @@ class VideoSink(Sink):
             stream.options = {"crf": str(self.crf), "preset": "superfast"}
         # One encoder thread on a machine of two cores or fewer, where it shares them with decoding and the network:
         # x264's frame threads cost ~25 % more CPU for the same frames there (13 vs 10 ms per 720p frame).
-        stream.codec_context.thread_count = 1 if (os.cpu_count() or 1) <= 2 else 0
+        stream.codec_context.thread_count = 1 if usable_cores() <= 2 else 0
         stream.codec_context.gop_size = max(1, round(info.fps))  # a keyframe (a fragment) every second
         # No B-frames: a fragmented MP4 has no edit list to hide their decoding delay, so every timestamp would
         # come out shifted by it.

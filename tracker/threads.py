@@ -1,5 +1,5 @@
-"""The tracker's helper threads (decoding, encoding), started at a chosen priority relative to the thread that starts
-them.
+"""The tracker's threads: how many cores they may use (`usable_cores`), and its helper threads (decoding, encoding),
+started at a chosen priority relative to the thread that starts them.
 
 The main thread's chain (optical flow, crops, the network, the smoother) is the pipeline's critical path: every
 frame passes through it in order, while the decoder works ahead into a queue. With three busy threads on two cores
@@ -19,14 +19,84 @@ with the video and 1.023x tracks only, within the spread.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 # Nice levels a helper thread sits below the thread that starts it: the kernel weighs nice 0 against nice 5 about 3:1
 # when both are runnable. Lowering only ever costs the helpers; nothing else on the machine gets less.
 HELPER_NICENESS = 5
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: `taskset`, a container's cpuset), at most its CPU quota
+    rounded down (cgroups: `docker --cpus`, a Kubernetes limit), at least 1. `os.cpu_count()` counts the machine's:
+    in a 2-CPU container on a 64-core host, thread pools sized from it would be 32x too large, and their threads
+    throttled by the quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, math.floor(quota))
+    return max(1, cores)
+
+
+def cgroup_cpu_quota(
+    proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
+) -> float | None:
+    """The CPU quota of this process's cgroup, in cores (quota / period), the tightest over it and its ancestors;
+    None when there is none or it cannot be read. cgroup v2 (`cpu.max`) and v1 (`cpu.cfs_quota_us`)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    limits: list[float] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, group = rest.partition(":")
+        if hierarchy == "0" and not controllers:  # v2: one unified tree
+            limits += _quotas(root, group, _v2_quota)
+        elif "cpu" in controllers.split(","):  # v1: the cpu controller's own tree
+            base = root / controllers
+            base = base if base.is_dir() else root / "cpu"
+            limits += _quotas(base, group, _v1_quota)
+    return min(limits) if limits else None
+
+
+def _quotas(base: Path, group: str, read: Callable[[Path], float | None]) -> list[float]:
+    """The quotas set on `group` and on each of its ancestors up to `base` (in a container, where the group shows as
+    "/", `base` is the container's own)."""
+    found = []
+    folder = base / group.strip("/")
+    while True:
+        quota = read(folder)
+        if quota is not None:
+            found.append(quota)
+        if folder == base or base not in folder.parents:
+            return found
+        folder = folder.parent
+
+
+def _v2_quota(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" or int(period) <= 0 else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
 
 
 def start_helper(target: Callable[[], None], name: str, niceness: int = HELPER_NICENESS) -> threading.Thread:
