@@ -22,7 +22,7 @@ import numpy as np
 from cape_track.model.errors import first_line
 from cape_track.tracker.errors import SourceError, TrackerWarning
 from cape_track.tracker.frames import Frame
-from cape_track.tracker.threads import start_helper
+from cape_track.tracker.threads import start_helper, usable_cores
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FPS = 25.0  # used when a stream does not say (image folders, some containers)
@@ -203,6 +203,8 @@ class VideoFileSource(_QueuedSource):
             raise SourceError(f"{path}: not a video file (no video stream found)")
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"  # frame + slice threads in the decoder; the GIL is released while decoding
+        # FFmpeg's own count (cores + 1, at most 16), over the usable cores: FFmpeg counts the affinity, not a quota.
+        stream.codec_context.thread_count = min(16, usable_cores() + 1)
         self._stream = stream
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else DEFAULT_FPS

@@ -26,8 +26,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-# Nice levels a helper thread sits below the thread that starts it: the kernel weighs nice 0 against nice 5 about 3:1
-# when both are runnable. Lowering only ever costs the helpers; nothing else on the machine gets less.
+# Nice levels a reader thread (and any helper started without saying) sits below the thread that starts it: the kernel
+# weighs nice 0 against nice 5 about 3:1 when both are runnable. Lowering only ever costs the helpers; nothing else on
+# the machine gets less.
 HELPER_NICENESS = 5
 
 
@@ -53,17 +54,19 @@ def cgroup_cpu_quota(
     None when there is none or it cannot be read. cgroup v2 (`cpu.max`) and v1 (`cpu.cfs_quota_us`)."""
     try:
         lines = proc_cgroup.read_text().splitlines()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a group name that is not UTF-8
         return None
     limits: list[float] = []
     for line in lines:
         hierarchy, _, rest = line.partition(":")
         controllers, _, group = rest.partition(":")
+        if ".." in Path(group).parts:  # a group outside this cgroup namespace: not under `root`
+            continue
         if hierarchy == "0" and not controllers:  # v2: one unified tree
             limits += _quotas(root, group, _v2_quota)
         elif "cpu" in controllers.split(","):  # v1: the cpu controller's own tree
             base = root / controllers
-            base = base if base.is_dir() else root / "cpu"
+            base = base if os.path.isdir(base) else root / "cpu"  # isdir: never raises (Path.is_dir may, on EACCES)
             limits += _quotas(base, group, _v1_quota)
     return min(limits) if limits else None
 
@@ -101,7 +104,7 @@ def _v1_quota(folder: Path) -> float | None:
 
 def start_helper(target: Callable[[], None], name: str, niceness: int = HELPER_NICENESS) -> threading.Thread:
     """Start `target` in a daemon thread named `name`, `niceness` levels below the caller's priority (0: at it)."""
-    thread = threading.Thread(target=_run_lowered, args=(target, niceness), name=name, daemon=True)
+    thread = threading.Thread(target=_run_at, args=(target, niceness), name=name, daemon=True)
     thread.start()
     return thread
 
@@ -120,6 +123,6 @@ def lower_priority(levels: int) -> bool:
     return True
 
 
-def _run_lowered(target: Callable[[], None], niceness: int) -> None:
+def _run_at(target: Callable[[], None], niceness: int) -> None:
     lower_priority(niceness)
     target()
