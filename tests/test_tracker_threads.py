@@ -159,3 +159,24 @@ def test_usable_cores_are_the_affinity_capped_by_the_quota_rounded_down(monkeypa
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: None)
     assert threads.usable_cores() == 8
+
+
+def test_the_decoder_and_the_encoder_size_their_threads_from_the_usable_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quota below the host's cores reaches FFmpeg and x264, which would count the affinity alone."""
+    from cape_track.tracker import sinks, sources
+
+    clip = write_clip(tmp_path, frames=5).path
+    for cores, decoder, encoder in ((2, 3, 1), (8, 9, 12), (40, 16, 60)):
+        monkeypatch.setattr(sources, "usable_cores", lambda c=cores: c)
+        monkeypatch.setattr(sinks, "usable_cores", lambda c=cores: c)
+        source = VideoFileSource(clip)
+        sink = VideoSink(tmp_path / f"out{cores}.mp4")
+        try:
+            sink.open(TrackInfo("clip", source.fps, source.width, source.height, ("a",), ()))
+            assert source._stream.codec_context.thread_count == decoder
+            assert sink._stream.codec_context.thread_count == encoder
+        finally:
+            sink.close()
+            source.close()
