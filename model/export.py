@@ -18,8 +18,10 @@ the tests check the graph on supports other than the one it was traced with.
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -33,6 +35,18 @@ OPSET = 17
 NETWORK_INPUTS = ("images", "support_tokens", "support_mask", "support_adjacency")
 NETWORK_OUTPUTS = ("keypoints", "scores")
 NETWORK_TOLERANCE_PX = 0.01  # max |onnxruntime - torch| keypoint difference accepted (measured: ~2e-4 input px)
+
+
+def import_onnxruntime() -> ModuleType:
+    """onnxruntime (an optional extra), imported with its telemetry off unless the user's environment says otherwise.
+
+    Its recent Linux and macOS wheels (1.32 here) send usage events to Microsoft and keep a device ID and an event
+    store under `~/.cache/Microsoft` from the first session on; a tracker of people's videos must not do that
+    unasked. `ORT_DISABLE_TELEMETRY` is read when the module loads, so every import of it goes through here."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
+
+    return onnxruntime
 
 
 class BackboneGraph(nn.Module):
@@ -92,10 +106,9 @@ def check_network(model: CapeModel, path: str | Path, keypoints: int, seed: int 
     """Max |onnxruntime - torch| difference of the graph at `path`, keypoints in input px and scores x input size
     (so one number bounds both), on random images at batches 1 and 3 and a random support (some keypoints ignored,
     a random skeleton): not the all-zero, batch-2 example it was traced with."""
-    import onnxruntime as ort  # lazily: an optional extra
-
     from .decoder import skeleton_adjacency
 
+    ort = import_onnxruntime()
     g = torch.Generator().manual_seed(seed)
     s, n, dev = model.input_size, keypoints, _device(model)
     mask = torch.rand(1, n, generator=g) < 0.3

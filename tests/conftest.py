@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+# onnxruntime reads its telemetry switch when it is first imported, and test modules import it while being collected
+# (the package itself imports it through `model.export.import_onnxruntime`, which does the same).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # --- support_files: a valid ref.jpg + ref.json pair, and malformed variants of the JSON --------------------------
 
@@ -81,8 +86,6 @@ def seeded() -> Iterator[None]:
 
 @pytest.fixture(autouse=True, scope="session")
 def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    import os
-
     folder = tmp_path_factory.mktemp("cape-cache")
     before = os.environ.get("CAPE_TRACK_CACHE")
     os.environ["CAPE_TRACK_CACHE"] = str(folder)

@@ -5,6 +5,9 @@ supports other than the one it was traced with."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -194,3 +197,38 @@ def test_export_failures_are_one_line_and_leave_no_file(
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert "cannot be exported (RuntimeError: Exporting the operator" in err and len(err.splitlines()) == 1
+
+
+TELEMETRY_PROBE = """
+import os
+from onnx import TensorProto, helper
+from cape_track.model.export import import_onnxruntime
+
+ort = import_onnxruntime()
+value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1])
+graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [value("x")], [value("y")])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+print(os.environ.get("ORT_DISABLE_TELEMETRY", "unset"))
+"""
+
+
+@pytest.mark.slow
+def test_onnxruntime_keeps_no_telemetry_in_the_users_home(tmp_path: Path) -> None:
+    """Left to its defaults, onnxruntime 1.32 writes `~/.cache/Microsoft/DeveloperTools/.onnxruntime/deviceid` and
+    an event store at its first session (and uploads events); imported through cape-track it writes nothing."""
+    strip = ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")
+    env = {k: v for k, v in os.environ.items() if k not in strip} | {"HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", TELEMETRY_PROBE], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / ".cache" / "Microsoft").exists()
+    assert done.stdout.split() == ["1"]
+    assert "telemetry" not in done.stderr
+
+
+def test_a_users_telemetry_setting_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORT_DISABLE_TELEMETRY", "0")
+    assert export.import_onnxruntime() is ort
+    assert os.environ["ORT_DISABLE_TELEMETRY"] == "0"

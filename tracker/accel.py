@@ -19,6 +19,7 @@ from torch import nn
 
 from cape_track.model.backbone import Backbone
 from cape_track.model.errors import first_line
+from cape_track.model.export import import_onnxruntime
 from cape_track.tracker.errors import TrackerWarning
 from cape_track.tracker.threads import usable_cores
 
@@ -230,8 +231,7 @@ class OnnxBackbone:
 
     @classmethod
     def from_bytes(cls, data: bytes, depth: int) -> OnnxBackbone:
-        import onnxruntime as ort  # lazily: an optional extra
-
+        ort = import_onnxruntime()
         options = ort.SessionOptions()
         # One intra-op thread per torch thread (configure_cpu_threads leaves a core to decode and encode), and no
         # spinning: idle ORT workers busy-wait by default, which takes that core from the other stages.
