@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--keyframe-every",
-        type=_bounded(int, 1, 1000, "--keyframe-every"),
+        type=_bounded(int, 1, 1000, "a whole number of frames"),
         default=4,
         metavar="K",
         help="run the network every K frames, optical flow between (earlier when the flow fails); 1 = every frame "
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--settle",
-        type=_bounded(int, 0, 100, "--settle"),
+        type=_bounded(int, 0, 100, "a whole number of keyframes"),
         default=2,
         metavar="N",
         help="files: a frame's keypoints wait for N more keyframes and are smoothed backward from them; 0 = written "
@@ -215,7 +215,10 @@ def _onnx_export(argv: list[str]) -> int:
     p.add_argument("--checkpoint", metavar="PATH", help="model checkpoint (default: the embedded model)")
     p.add_argument("--trust-checkpoint", action="store_true", help="see cape-track --help (this RUNS CODE)")
     p.add_argument(
-        "--keypoints", type=_bounded(int, 1, 1000, "--keypoints"), metavar="N", help="keypoint count (or --support)"
+        "--keypoints",
+        type=_bounded(int, 1, 1000, "a keypoint count"),
+        metavar="N",
+        help="keypoint count (or --support)",
     )
     p.add_argument(
         "--support", metavar="IMAGE", help="also write its embedding (keypoints from IMAGE's .json) as .support.npz"
