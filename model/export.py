@@ -42,7 +42,8 @@ def import_onnxruntime() -> ModuleType:
 
     Its recent Linux and macOS wheels (1.32 here) send usage events to Microsoft and keep a device ID and an event
     store under `~/.cache/Microsoft` from the first session on; a tracker of people's videos must not do that
-    unasked. `ORT_DISABLE_TELEMETRY` is read when the module loads, so every import of it goes through here."""
+    unasked. `ORT_DISABLE_TELEMETRY` is read when the module loads, so cape-track imports it only through here (a
+    program that imported onnxruntime before cape-track keeps its own setting)."""
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime
 

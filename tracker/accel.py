@@ -19,7 +19,6 @@ from torch import nn
 
 from cape_track.model.backbone import Backbone
 from cape_track.model.errors import first_line
-from cape_track.model.export import import_onnxruntime
 from cape_track.tracker.errors import TrackerWarning
 from cape_track.tracker.threads import usable_cores
 
@@ -231,6 +230,8 @@ class OnnxBackbone:
 
     @classmethod
     def from_bytes(cls, data: bytes, depth: int) -> OnnxBackbone:
+        from cape_track.model.export import import_onnxruntime  # lazily, as the exporter: an optional extra
+
         ort = import_onnxruntime()
         options = ort.SessionOptions()
         # One intra-op thread per torch thread (configure_cpu_threads leaves a core to decode and encode), and no
