@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +17,15 @@ import pytest
 from cape_track.model.transforms import SquareBox
 from cape_track.tracker.errors import SinkError
 from cape_track.tracker.frames import Frame, FrameResult, TrackInfo
-from cape_track.tracker.sinks import CsvSink, JsonSink, VideoSink, WindowSink, file_sinks, output_paths
+from cape_track.tracker.sinks import (
+    CsvSink,
+    JsonSink,
+    VideoSink,
+    WindowSink,
+    encoder_queue_frames,
+    file_sinks,
+    output_paths,
+)
 
 NAMES = ("nose", "left_eye", "tail, tip")
 
@@ -183,6 +193,38 @@ def test_window_without_display_says_so(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr("sys.platform", "linux")
     with pytest.raises(SinkError, match="no display available"):
         WindowSink().open(_info())
+
+
+def test_the_encoder_queue_holds_a_fixed_budget_of_frames() -> None:
+    """Deep for small frames (a stretch of keyframes is 20-40 frames), bounded in bytes for large ones."""
+    assert encoder_queue_frames(176, 144) == encoder_queue_frames(1280, 720) == 32
+    assert encoder_queue_frames(1920, 1080) == 16
+    assert encoder_queue_frames(3840, 2160) == encoder_queue_frames(7680, 4320) == 8
+    assert encoder_queue_frames(0, 0) == 32
+
+
+def test_the_tracker_runs_ahead_of_a_busy_encoder_by_its_queue(tmp_path: Path, monkeypatch) -> None:
+    """While the encoder is busy on a frame, `write` hands over the queue's frames without waiting, then blocks;
+    every frame reaches the file once the encoder goes on."""
+    sink = VideoSink(tmp_path / "t.mp4")
+    sink.open(_info())
+    ahead = encoder_queue_frames(64, 48)
+    go_on = threading.Event()
+    encode = sink._encode
+    monkeypatch.setattr(sink, "_encode", lambda *item: (go_on.wait(10.0), encode(*item)))
+    writer = threading.Thread(target=lambda: [sink.write(f, r) for f, r in _frames(ahead + 5)])
+    writer.start()
+    deadline = time.monotonic() + 10.0
+    while sink.frames_written < ahead + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert sink.frames_written == ahead + 1  # one with the encoder, the queue full, the writer waiting
+    go_on.set()
+    writer.join(10.0)
+    sink.close()
+    assert sink.frames_encoded == ahead + 5
+    with av.open(str(sink.path)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == ahead + 5
 
 
 def test_video_encoding_failure_is_reported_once_and_the_file_closed(tmp_path: Path, monkeypatch) -> None:
