@@ -257,3 +257,28 @@ def test_scaled_clip_refuses_a_bad_scale_or_clip(tmp_path: Path, capsys: pytest.
     assert main(["--clip", str(tmp_path), "--out", str(tmp_path / "o"), "--scale", "0.5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "reference.json" in err and not (tmp_path / "o").exists()
+
+
+def test_a_long_clip_turns_without_a_repeated_frame_or_a_cut() -> None:
+    from cape_track.benchmarks.long_clip import back_and_forth
+
+    assert back_and_forth([0, 1, 2], 1) == [0, 1, 2]
+    assert back_and_forth([0, 1, 2], 4) == [0, 1, 2, 1, 0, 1, 2, 1, 0]
+    with pytest.raises(ValueError, match="times must be >= 1"):
+        back_and_forth([0, 1], 0)
+
+
+def test_long_clip_command_writes_the_passes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from cape_track.benchmarks.long_clip import main
+    from cape_track.tracker.sources import read_frames
+
+    clip = write_clip(tmp_path, frames=5)
+    out = tmp_path / "long" / "x3.mp4"
+    assert main(["--clip", str(clip.path), "--out", str(out), "--times", "3"]) == 0
+    frames, _, fps = read_frames(out)
+    short, _, short_fps = read_frames(clip.path)
+    assert len(frames) == 13 and fps == short_fps
+    assert np.abs(frames[8].astype(int) - short[0]).mean() < 3  # the pass back ends on the first frame
+    assert main(["--clip", str(clip.path), "--out", str(out), "--times", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "times must be >= 1" in err
