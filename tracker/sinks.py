@@ -439,10 +439,11 @@ def encoder_queue_frames(width: int, height: int) -> int:
     With the annotated video, two chains share the cores: the tracker's, which costs twice as much on a stretch of
     keyframes as between them, and the encoder's, which costs the same on every frame. So the bound changes sides
     every 20-40 frames, and each side idles while the other one is the bound, unless the queue between them holds
-    the work of such a stretch. On the `make run` sample played forward and back twice (528 frames, 720p, two cores,
-    interleaved, medians of 6): 62.5 fps with 8 frames, 66.6 with 32, 66.7 with 96. On the 132-frame sample itself,
-    32 frames gave 0.99x: the encoder drains what is queued alone at the end, which a short clip does not amortise.
-    The byte budget keeps the frames held constant in memory across sizes (a 4K frame is 25 MB)."""
+    the work of such a stretch. On the `make run` sample played forward and back, four passes (528 frames, 720p,
+    two cores, interleaved, medians of 6): 62.5 fps with 8 frames, 66.6 with 32, 66.7 with 96; at 1080p, 38.9 with
+    16 against 38.6 with 8. On the 132-frame sample itself, 32 frames gave 0.99x: the encoder drains what is queued
+    alone at the end, which a short clip does not amortise. The byte budget bounds the memory the queue holds, but
+    never below the 8 frames of before (200 MB at 4K)."""
     low, high = ENCODER_QUEUE_FRAMES
     return max(low, min(high, ENCODER_QUEUE_BYTES // max(1, 3 * width * height)))
 
