@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,11 +18,12 @@ from fixtures_media import FakeCapture, write_clip, write_support
 from torch import nn
 
 from cape_track.model import CapeModel, SupportEmbedding, SupportSet
-from cape_track.model.transforms import denormalize_images
+from cape_track.model.transforms import SquareBox, denormalize_images
 from cape_track.tracker.accel import Accelerator
 from cape_track.tracker.errors import SourceError
 from cape_track.tracker.frames import Frame
 from cape_track.tracker.pipeline import Tracker, TrackerConfig, search_tiles
+from cape_track.tracker.roi import whole_frame
 from cape_track.tracker.sinks import Sink, file_sinks, output_paths
 from cape_track.tracker.smoothing import SmootherConfig
 from cape_track.tracker.sources import VideoFileSource, WebcamSource
@@ -174,6 +176,29 @@ def test_the_search_runs_its_chunks_side_by_side_and_finds_the_same(tmp_path: Pa
         box, found = picked[parallel]
         assert box == picked[1][0]
         np.testing.assert_allclose(found.keypoints, picked[1][1].keypoints, atol=1e-3)
+
+
+def test_a_searched_frame_is_looked_at_whole_once(tmp_path: Path, monkeypatch) -> None:
+    """The tiled search looks at the whole frame among its tiles, so a frame it searches gets no whole-frame look of
+    its own before it (that call ran on one core before the search could start on all of them); a frame searching
+    between searches (`search_every`) still gets that look, and no tiles."""
+    clip = write_clip(tmp_path, frames=2)
+    support = SupportSet.from_files([write_support(clip, tmp_path / "support")])
+    tracker = Tracker(tiny_model(), support, TrackerConfig())
+    whole = whole_frame(*clip.size)
+    boxes: list[SquareBox] = []
+    predict = tracker._predict
+    monkeypatch.setattr(tracker, "_predict", lambda frames, crops: boxes.extend(crops) or predict(frames, crops))
+    tiles = len(search_tiles(clip.size[0], clip.size[1], TrackerConfig().search_tiles))
+
+    (first,), _ = tracker.step([Frame(0, 0.0, clip.render(0))], tracker.init_state(25.0))
+    assert boxes.count(whole) == 1 and len(boxes) in (1 + tiles, 2 + tiles)  # the search, and its closer look
+    assert np.isfinite(first.xy_frame).all()
+
+    boxes.clear()
+    lost = replace(tracker.init_state(25.0), last_search=0)  # nothing tracked, searched a frame ago
+    tracker.step([Frame(1, 0.04, clip.render(1))], lost)
+    assert boxes[0] == whole and len(boxes) <= 2  # the whole frame, then perhaps a closer look
 
 
 class _StopAfter(Sink):
