@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,7 +244,9 @@ def _read(path: Path, trust: bool = False) -> dict:
         if trust:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
         else:
-            with torch.serialization.safe_globals(_MMCV_META_GLOBALS):
+            with torch.serialization.safe_globals(_MMCV_META_GLOBALS), warnings.catch_warnings():
+                # torch warns of a pickle protocol other than its own before refusing such a file: the refusal says it
+                warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
                 ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" not in str(e):
@@ -262,10 +265,16 @@ def _read(path: Path, trust: bool = False) -> dict:
 
 
 def _pickle_problem(e: pickle.UnpicklingError) -> str:
-    """The informative line of torch's long weights-only message (it starts with advice about PyTorch 2.6)."""
+    """The informative line of torch's long weights-only message (it starts with advice about PyTorch 2.6). The
+    detail follows "WeightsUnpickler error:" on its line, or on the next one (a plain `pickle.dump` of protocol 4
+    or 5: "Unsupported operand 149")."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    detail = [line for line in lines if "WeightsUnpickler error" in line or "load key" in line]
-    return (detail or lines or ["unreadable"])[-1].split("WeightsUnpickler error:")[-1].strip()[:80]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            rest = line.split("WeightsUnpickler error:")[-1].strip()
+            return (rest or (lines[i + 1] if i + 1 < len(lines) else "unreadable"))[:80]
+    detail = [line for line in lines if "load key" in line]
+    return (detail or lines or ["unreadable"])[-1][:80]
 
 
 def _read_safetensors(path: Path) -> dict:
