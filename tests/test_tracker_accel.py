@@ -255,3 +255,23 @@ def test_closer_look_is_a_batch_in_flight(clip_and_support, monkeypatch: pytest.
     # batch 1's closer look is event 3; batch 3 (event 4, placed from batch 1's first look) is submitted first
     assert log.index(("record", "download", 4)) < log.index(("sync", 3))
     assert len([e for e in log if e[0] == "record"]) == 6  # 4 batches and two closer looks
+
+
+def test_the_search_keeps_to_search_every_with_batches_in_flight(clip_and_support, monkeypatch) -> None:
+    """Two batches of one frame in flight: the second is submitted before the first one's search is back, from a
+    state in which a search is due, so it goes without a first look. Finished after that search, it is no longer
+    due (`TrackerConfig.search_every`): it must get its whole-frame look then, not a second search."""
+    clip, support = clip_and_support
+    torch.manual_seed(0)
+    fake = CudaAccelerator("cpu", streams=FakeStreams(), pin=False)
+    assert fake.in_flight == 2
+    tracker = Tracker(
+        CapeModel.from_preset("test"), support, TrackerConfig(batch=1, finder="match", keyframe_every=1), fake
+    )
+    searched: list[int] = []
+    search = tracker._search
+    monkeypatch.setattr(tracker, "_search", lambda frame: searched.append(frame.index) or search(frame))
+    with VideoFileSource(clip.path) as source:
+        results = list(tracker.run(source))
+    assert [r.index for r in results] == list(range(7))
+    assert searched == [0]

@@ -123,10 +123,12 @@ class TrackRun(Iterator[FrameResult]):
 
 @dataclass(frozen=True)
 class _Submitted:
+    """A batch whose model call is started. `result` is None for a batch whose every frame is to be searched
+    (`Tracker._submit`): the search's own whole-frame view stands in for that call."""
+
     frames: list[Frame]
     boxes: list[SquareBox]
-    result: HostResult | None  # network: (xy_input [B, N, 2], scores [B, N]); finder: its similarity maps; None:
-    # no first look, every frame gets the tiled search (which looks at the whole frame too)
+    result: HostResult | None  # network: (xy_input [B, N, 2], scores [B, N]); finder: its similarity maps
     searching: list[bool]  # per frame: its box is the whole frame (nothing tracked yet, or the track was lost)
 
 
@@ -359,15 +361,15 @@ class Tracker:
         wholes = [whole_frame(f.image.shape[1], f.image.shape[0]) for f in frames]
         searching = [box == whole for box, whole in zip(boxes, wholes, strict=True)]
         # A batch whose every frame is searched gets no first look: the search's own whole-frame view replaces it.
-        # On the first frame that look was a network call on one core before the search could start on all of them:
-        # on the `make run` sample the search now starts 34 ms into the run instead of 55 (medians of 6), same tracks.
+        # On the first frame that look was a network call on one core before the search could start on all of them.
         if all(self._searched(frames, searching, state.last_search)):
             return _Submitted(frames, boxes, None, searching)
         return _Submitted(frames, boxes, self._predict(frames, boxes), searching)
 
     def _searched(self, frames: Sequence[Frame], searching: Sequence[bool], last_search: int | None) -> list[bool]:
-        """Which of the batch's frames get the tiled search: those searching (nothing tracked) when the last search
-        is at least `search_every` frames back, counting the batch's own."""
+        """Which of the batch's frames get the tiled search: with the keypoint finder (the network alone has no
+        search), those searching (nothing tracked) when the last search is at least `search_every` frames back,
+        counting the batch's own."""
         out = []
         for frame, whole in zip(frames, searching, strict=True):
             due = whole and self.finder is not None
@@ -456,23 +458,25 @@ class Tracker:
         small object at too low a resolution to place its keypoints well, and a track started from there would carry
         that error (the flow-driven smoother trusts its start)."""
         frames = submitted.frames
-        if submitted.result is None:  # searched without a first look (`_submit`), even if no longer due
-            due, found = [True] * len(frames), None
-        else:
-            due, found = self._searched(frames, submitted.searching, state.last_search), self._found(submitted.result)
-            if not any(submitted.searching):
-                return _Looked(submitted.boxes, found.keypoints, found.scores, state)
-        boxes = list(submitted.boxes)
+        due = self._searched(frames, submitted.searching, state.last_search)
+        if submitted.result is None and not all(due):
+            # Submitted from an older state while a batch in flight searched (`_track_batches`): the whole-frame
+            # look it went without is taken now, so the search keeps to `search_every`.
+            submitted = replace(submitted, result=self._predict(frames, submitted.boxes))
         searched = {i: self._search(frame) for i, frame in enumerate(frames) if due[i]}
-        if found is None:  # every frame searched, in order
+        if submitted.result is None:  # every frame searched
             xy_input = np.concatenate([best.keypoints for _, best in searched.values()])
             scores = np.concatenate([best.scores for _, best in searched.values()])
         else:
+            found = self._found(submitted.result)
+            if not any(submitted.searching):
+                return _Looked(submitted.boxes, found.keypoints, found.scores, state)
             xy_input, scores = found.keypoints.copy(), found.scores.copy()
         last_search = max((frames[i].index for i in searched), default=state.last_search)
         s = self.model.input_size
+        boxes = list(submitted.boxes)
         redo: list[int] = []
-        first_xy = input_to_frame(xy_input[-1].astype(np.float64), boxes[-1], s)  # the last frame's first look
+        last_xy = None  # the last frame's keypoints (frame px) as searched, before its closer look
         for i, frame in enumerate(frames):
             if not submitted.searching[i]:
                 continue
@@ -481,8 +485,8 @@ class Tracker:
                 xy_input[i], scores[i] = best.keypoints[0], best.scores[0]
             height, width = frame.image.shape[:2]
             xy = input_to_frame(xy_input[i].astype(np.float64), boxes[i], s)
-            if i == len(boxes) - 1:
-                first_xy = xy
+            if i == len(frames) - 1:
+                last_xy = xy
             closer = follow(xy, scores[i] >= self.config.smoother.min_score, width, height, self.roi)
             if closer != boxes[i]:
                 boxes[i] = closer
@@ -490,10 +494,21 @@ class Tracker:
         if not redo:
             return _Looked(boxes, xy_input, scores, replace(state, last_search=last_search))
         result = self._predict([submitted.frames[i] for i in redo], [boxes[i] for i in redo])
-        # Batches submitted before the closer look is back are placed from the first look at the batch's last frame.
-        visible = np.isfinite(first_xy).all(axis=1) & (scores[-1] >= self.config.smoother.min_score)
-        first_xy = np.where(visible[:, None], first_xy, 0.0)
-        ahead = replace(state, last_index=submitted.frames[-1].index, xy=first_xy, velocity=None, visible=visible)
+        # Batches submitted before the closer look is back are placed from the first look at the batch's last frame
+        # (searched, or as the batch's call saw it), and know of the batch's searches (`_submit` asks whether theirs
+        # are due).
+        if last_xy is None:
+            last_xy = input_to_frame(xy_input[-1].astype(np.float64), boxes[-1], s)
+        visible = np.isfinite(last_xy).all(axis=1) & (scores[-1] >= self.config.smoother.min_score)
+        last_xy = np.where(visible[:, None], last_xy, 0.0)
+        ahead = replace(
+            state,
+            last_index=frames[-1].index,
+            xy=last_xy,
+            velocity=None,
+            visible=visible,
+            last_search=last_search,
+        )
         return _Closer(submitted, boxes, xy_input, scores, redo, result, last_search, ahead)
 
     def _box(self, frame: Frame, state: TrackState) -> SquareBox:
