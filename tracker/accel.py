@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import warnings
@@ -275,13 +276,15 @@ class OnnxBackbone:
 def _graph_key(backbone: nn.Module, input_size: int, depth: int) -> str:
     """A hash of everything the exported graph depends on: weights, configuration, the adapter's code and the
     versions of torch, onnx, timm and the opset."""
-    import onnx  # the exporter's version changes the graph
     import timm  # the backbone's code is timm's
 
     from cape_track.model import backbone as backbone_module
     from cape_track.model.export import OPSET
 
-    versions = f"{torch.__version__}|{onnx.__version__}|{timm.__version__}|{OPSET}"
+    # The exporter's version changes the graph. Read from the package's metadata: importing onnx for its
+    # `__version__` (and ml_dtypes with it) slowed the start of every run that finds its graph cached.
+    onnx = importlib.metadata.version("onnx")
+    versions = f"{torch.__version__}|{onnx}|{timm.__version__}|{OPSET}"
     digest = hashlib.sha256(f"{backbone.cfg!r}|{input_size}|{depth}|{versions}".encode())
     digest.update(Path(backbone_module.__file__).read_bytes())  # our adapter's code, which the graph traces
     for name, tensor in backbone.state_dict().items():
