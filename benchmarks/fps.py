@@ -57,7 +57,7 @@ from cape_track.tracker import (
     file_sinks,
     select_device,
 )
-from cape_track.tracker.accel import ACCELS, configure_cpu_threads, onnx_available
+from cape_track.tracker.accel import ACCELS, configure_cpu_threads, network_threads, onnx_available
 from cape_track.tracker.threads import usable_cores
 
 PROG = "cape_track.benchmarks.fps"
@@ -69,7 +69,8 @@ CACHED_TARGET = 1.5  # cached / per-frame support fps, 1-shot
 SMOOTHER_KEYPOINTS = 100  # the smoother target is stated for 100 keypoints ...
 SMOOTHER_TARGET_MS = 1.0  # ... per frame
 WITH_VIDEO_STAGES = ("decode", "track", "write", "encode")  # the stages the pipeline with the video runs
-TRACKS_STAGES = ("decode", "track", "write")  # ... and tracks only
+# ... and tracks only, where the network takes every core (`TrackerConfig.network_threads`), the encoder's too
+TRACKS_STAGES = ("decode", "track_tracks_only", "write")
 
 
 # --------------------------------------------------------------------------------------------------- timing
@@ -460,6 +461,7 @@ class Variant:
     video: bool = True  # also write the annotated video (False: tracks only)
     support_per_call: bool = False
     threads: int | None = None  # torch, ONNX Runtime and OpenCV threads (None: `configure_cpu_threads`)
+    network_threads: int = 0  # one network call's threads in a run (0: the tracker's per-run choice)
 
 
 def variants(opts: Options) -> dict[str, Variant]:
@@ -473,7 +475,8 @@ def variants(opts: Options) -> dict[str, Variant]:
         "eager_per_frame_tracks_only": Variant(accel="none", keyframe_every=1, video=False),
         "support_per_frame": Variant(support_per_call=True),
         "keyframes_off": Variant(keyframe_every=1),
-        "threads_all_cores": Variant(threads=usable_cores()),  # no core left to the decoder and encoder
+        # no core left to the decoder and encoder
+        "threads_all_cores": Variant(threads=usable_cores(), network_threads=usable_cores()),
     }
     out |= {f"accel_{a}": Variant(accel=a) for a in opts.accels}
     out |= {f"batch{b}": Variant(keyframe_every=1, batch=b) for b in sorted({1, *opts.batches}) if b != opts.batch}
@@ -498,7 +501,7 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
 
     def _build(v: Variant, smooth: bool) -> tuple[Tracker, str]:
         model = CapeModel.from_checkpoint(opts.checkpoint, device=device)  # fresh: accelerators patch it in place
-        config = TrackerConfig(batch=v.batch or opts.batch, smooth=smooth)
+        config = TrackerConfig(batch=v.batch or opts.batch, smooth=smooth, network_threads=v.network_threads)
         if v.keyframe_every is not None:
             config = replace(config, keyframe_every=v.keyframe_every)
         tracker, note = make_tracker(model, opts.support, config, device, v.accel)
@@ -508,16 +511,21 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
         return tracker, note
 
     runs_wanted = variants(opts)
-    log(f"building and warming up {len(runs_wanted) + 2} trackers ...")
-    model_tracker, _ = build(Variant(), smooth=False)  # crop + network on every frame
-    track_tracker, _ = build(Variant())
+    log(f"building and warming up {len(runs_wanted) + 3} trackers ...")
+    # The stages alone run without sinks: told the network's threads of the pipeline with the video (a core left
+    # to the encoder), or choosing as the tracks-only pipeline does (every core).
+    beside_encoder = Variant(network_threads=network_threads(encoders=1))
+    model_tracker, _ = build(beside_encoder, smooth=False)  # crop + network on every frame
+    track_tracker, _ = build(beside_encoder)
+    tracks_tracker, _ = build(Variant())
     pipelines = {name: (build(v), v) for name, v in runs_wanted.items()}
     backbone = None
     if "onnx" in opts.accels and onnx_available():
         depth = track_tracker.finder.config.depth if track_tracker.finder is not None else 1
         backbone = backbone_speed(CapeModel.from_checkpoint(opts.checkpoint), depth, 1, 10 * opts.repeat)
 
-    stages: dict[str, Stage | None] = dict.fromkeys(("decode", "model", "track", "write", "encode"))
+    names = ("decode", "model", "track", "track_tracks_only", "write", "encode")
+    stages: dict[str, Stage | None] = dict.fromkeys(names)
     baselines: dict[str, Stage] = {}
     smoother_ms = smoother_ms_100 = kalman_ms_100 = float("inf")
     runs: dict[str, PipelineRun] = {}
@@ -541,6 +549,7 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
             again = decode_stage(opts.video, opts.frames, keep=False)
             now["decode"] = Stage.timed(again.count, again.seconds, again.cpu)
             now["track"], tracked = track_stage(track_tracker, decoded, device)
+            now["track_tracks_only"], _ = track_stage(tracks_tracker, decoded, device)
             tracks = file_sinks(out, "write", video=False)[0]
             now["write"] = sink_stage(tracks, decoded, tracked, info, device)
             now["encode"] = sink_stage(VideoSink(out / "encode.mp4"), decoded, tracked, info, device)
@@ -718,6 +727,7 @@ def format_table(report: dict) -> str:
         ("decode", "decode"),
         ("model (crop + network, every fr.)", "model"),
         ("track (keyframes, flow, Kalman)", "track"),
+        ("  on every core (tracks only)", "track_tracks_only"),
         ("write tracks (JSON + CSV)", "write"),
         ("encode (draw + H.264)", "encode"),
     ):

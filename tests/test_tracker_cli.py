@@ -60,6 +60,21 @@ def test_tracks_a_video_into_the_three_files(inputs, checkpoint, tmp_path, capsy
         assert len(list(container.decode(video=0))) == 5
 
 
+def test_no_video_writes_the_tracks_alone_and_leaves_an_old_video_alone(inputs, checkpoint, tmp_path, capsys) -> None:
+    clip, ref = inputs
+    out = tmp_path / "results"
+    paths = output_paths(out, "clip")
+    out.mkdir()
+    paths["video"].write_bytes(b"an earlier run's video")
+    code, err, _ = _run([clip.path, "--support", ref, "--checkpoint", checkpoint, "--out", out, "--no-video"], capsys)
+    assert code == 0 and err == []  # the old video is not a result of this run: no "already exists"
+    assert len(json.loads(paths["json"].read_text())["frames"]) == 5
+    assert len(list(csv.reader(paths["csv"].open()))) == 6
+    assert paths["video"].read_bytes() == b"an earlier run's video"
+    code, err, _ = _run([clip.path, "--support", ref, "--checkpoint", checkpoint, "--out", out, "--no-video"], capsys)
+    assert code == 2 and "already exists" in err[0]  # the tracks are
+
+
 def test_options_that_change_the_path_still_finish(inputs, checkpoint, tmp_path, capsys) -> None:
     clip, ref = inputs
     base = [clip.path, "--support", ref, "--checkpoint", checkpoint, "--device", "cpu"]
@@ -263,6 +278,18 @@ def test_the_accel_choices_are_the_accelerators() -> None:
     from cape_track.tracker.cli import ACCEL_CHOICES
 
     assert ACCEL_CHOICES == ACCELS
+
+
+def test_the_tracking_defaults_are_the_trackers() -> None:
+    """The parser is built before the pipeline is imported, so it repeats the defaults; they must not drift."""
+    from cape_track.tracker.pipeline import TrackerConfig
+
+    args = cli.build_parser().parse_args(["clip.mp4", "--support", "ref.jpg"])
+    assert (args.keyframe_every, args.settle, args.batch) == (
+        TrackerConfig.keyframe_every,
+        TrackerConfig.settle,
+        TrackerConfig.batch,
+    )
 
 
 def test_many_inputs_never_share_results_and_a_bad_one_does_not_stop_the_others(checkpoint, tmp_path, capsys) -> None:

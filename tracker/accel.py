@@ -9,8 +9,9 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -53,16 +54,25 @@ def cache_dir() -> Path:
 
 
 def configure_cpu_threads(device: torch.device) -> None:
-    """On CPU, leave one core to the decode and encode threads: torch (whose count the ONNX Runtime session takes)
-    and OpenCV (crops, flow images, Lucas-Kanade) get the others; both take every core by default. An explicit
-    OMP_NUM_THREADS wins. Measured on 2 loaded cores: model 13.7 fps with 1 torch thread, 6.0 fps with 2. OpenCV's
-    idle worker busy-waits for its next job, taking the core from the other stages: on the `make run` sample, 2
-    cores, 52.1 fps with the video with one OpenCV thread against 49.6 with two, 72.4 against 68.6 tracks only
-    (interleaved runs, medians of 6)."""
+    """On CPU, leave one core to the decode and encode threads: torch (whose count ONNX Runtime's calls take unless
+    a run sets theirs, `network_threads`) and OpenCV (crops, flow images, Lucas-Kanade) get the others; both take
+    every core by default. An explicit OMP_NUM_THREADS wins. Measured on 2 loaded cores: model 13.7 fps with 1
+    torch thread, 6.0 fps with 2. OpenCV's idle worker busy-waits for its next job, taking the core from the other
+    stages: on the `make run` sample, 2 cores, 52.1 fps with the video with one OpenCV thread against 49.6 with two,
+    72.4 against 68.6 tracks only (interleaved runs, medians of 6)."""
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, usable_cores() - 1)
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
+
+
+def network_threads(encoders: int) -> int:
+    """Threads one network call may take on the CPU while `encoders` threads of the run's sinks (the annotated
+    video's writer) each keep a core busy: the usable cores less those, at least one. An explicit OMP_NUM_THREADS
+    wins, as in `configure_cpu_threads`. The decoder's thread is not counted: it needs a fifth of a core at 720p."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    return max(1, usable_cores() - encoders)
 
 
 class HostResult:
@@ -121,8 +131,8 @@ class Accelerator:
             return model
         backbone = model.backbone
         if self.accel == "onnx":
-            attached = getattr(backbone.__dict__.get("forward"), "__self__", None)
-            if isinstance(attached, OnnxBackbone) and attached.depth >= depth:
+            attached = _onnx_runner(model)
+            if attached is not None and attached.depth >= depth:
                 return model  # a model shared between trackers (many inputs, the page): accelerated already
             runner = self._onnx(backbone, model.input_size, depth)
             if runner is not None:
@@ -149,6 +159,27 @@ class Accelerator:
             backbone.__dict__.pop("pyramid", None)
             _note(f"{self.accel} failed ({first_line(exc)}); running eager")
         return model
+
+    @contextlib.contextmanager
+    def network_threads(self, model: nn.Module, threads: int) -> Iterator[None]:
+        """Inside the block, a network call of `model` on its own takes `threads` threads where its backbone runs in
+        ONNX Runtime. The eager and compiled paths keep torch's count: a process-wide setting, which the tiled
+        search's side-by-side calls read too (`parallel_calls`)."""
+        runner = _onnx_runner(model)
+        if runner is None:
+            yield
+            return
+        before, runner.threads = runner.threads, threads
+        try:
+            yield
+        finally:
+            runner.threads = before
+
+    def side_by_side(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """Network calls of `model` made inside the block run beside each other (the tiled search's
+        `parallel_calls`): one thread each."""
+        runner = _onnx_runner(model)
+        return runner.side_by_side() if runner is not None else contextlib.nullcontext()
 
     def _onnx(self, backbone: nn.Module, input_size: int, depth: int) -> OnnxBackbone | None:
         if self.device.type != "cpu":
@@ -203,11 +234,20 @@ class Accelerator:
 
 class OnnxBackbone:
     """The backbone's levels computed by ONNX Runtime (CPU provider) from a graph exported once per backbone and
-    cached in `cache_dir()` under the hash of its weights, configuration and the exporter's versions."""
+    cached in `cache_dir()` under the hash of its weights, configuration and the exporter's versions.
 
-    def __init__(self, session: object, depth: int) -> None:
-        self.session = session
+    A call on its own takes `threads` threads (the tracker sets them per run, `Accelerator.network_threads`); calls
+    made side by side (`side_by_side`: the tiled search's chunks) take one each, so they never ask for more
+    threads than there are cores. One session per thread count, made when first needed."""
+
+    def __init__(self, data: bytes, depth: int) -> None:
+        self.data = data
         self.depth = depth
+        self.threads = torch.get_num_threads()  # configure_cpu_threads leaves a core to decode and encode
+        self._sessions: dict[int, object] = {}
+        self._lock = threading.Lock()
+        self._beside = 0  # open `side_by_side` sections
+        self._session(self.threads)  # a graph ONNX Runtime cannot load fails here, not at the first frame
 
     @classmethod
     def load(cls, backbone: nn.Module, input_size: int, depth: int) -> OnnxBackbone:
@@ -218,33 +258,37 @@ class OnnxBackbone:
         path = cache_dir() / "onnx" / f"{_graph_key(backbone, input_size, depth)}.onnx"
         if path.is_file():
             try:
-                runner = cls.from_bytes(path.read_bytes(), depth)
+                runner = cls(path.read_bytes(), depth)
                 runner.check(backbone, input_size)
                 return runner
             except Exception:  # noqa: BLE001 - any defect of the cached file means: export it again
                 pass
         data = backbone_onnx(backbone, input_size, depth)
-        runner = cls.from_bytes(data, depth)
+        runner = cls(data, depth)
         runner.check(backbone, input_size)
         _write_atomic(path, data)  # a cache that cannot be written only costs the export next time
         return runner
 
-    @classmethod
-    def from_bytes(cls, data: bytes, depth: int) -> OnnxBackbone:
-        from cape_track.model.export import import_onnxruntime  # lazily, as the exporter: an optional extra
+    def _session(self, threads: int) -> object:
+        with self._lock:
+            if threads not in self._sessions:
+                self._sessions[threads] = _onnx_session(self.data, threads)
+            return self._sessions[threads]
 
-        ort = import_onnxruntime()
-        options = ort.SessionOptions()
-        # One intra-op thread per torch thread (configure_cpu_threads leaves a core to decode and encode), and no
-        # spinning: idle ORT workers busy-wait by default, which takes that core from the other stages.
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # errors only: its warnings are about graph details, not the user's run
-        return cls(ort.InferenceSession(data, options, providers=["CPUExecutionProvider"]), depth)
+    @contextlib.contextmanager
+    def side_by_side(self) -> Iterator[None]:
+        """Calls made inside the block run beside each other: one thread each."""
+        with self._lock:
+            self._beside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._beside -= 1
 
     def levels(self, images: torch.Tensor) -> list[torch.Tensor]:
-        arrays = self.session.run(None, {"images": images.detach().float().contiguous().numpy()})
+        session = self._session(1 if self._beside else self.threads)
+        arrays = session.run(None, {"images": images.detach().float().contiguous().numpy()})
         return [torch.from_numpy(a) for a in arrays]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -273,6 +317,12 @@ class OnnxBackbone:
                     raise ValueError(f"level {i} differs from eager by {error:.1e} of its range (batch {batch})")
 
 
+def _onnx_runner(model: nn.Module) -> OnnxBackbone | None:
+    """The ONNX Runtime backbone attached to `model` by `Accelerator.optimize`, if any."""
+    attached = getattr(model.backbone.__dict__.get("forward"), "__self__", None)
+    return attached if isinstance(attached, OnnxBackbone) else None
+
+
 def _graph_key(backbone: nn.Module, input_size: int, depth: int) -> str:
     """A hash of everything the exported graph depends on: weights, configuration, the adapter's code and the
     versions of torch, onnx, timm and the opset."""
@@ -291,6 +341,24 @@ def _graph_key(backbone: nn.Module, input_size: int, depth: int) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:32]
+
+
+def _onnx_session(data: bytes, threads: int) -> object:
+    """An ONNX Runtime CPU session on `threads` intra-op threads. Its workers spin between the operators of a call
+    and stop when the call returns: on 2 idle cores, a 256 px crop of the embedded model takes 8.3 ms on two
+    threads so, 9.0 ms when they sleep between operators instead (each wakes up ~60 times a call) and 13.4 ms on
+    one, for 16.6, 17.0 and 13.8 ms of CPU; left spinning after the call, the workers burnt 28.7 ms of CPU per
+    call when calls came 10 ms apart, taking the core from the other stages."""
+    from cape_track.model.export import import_onnxruntime  # lazily, as the exporter: an optional extra
+
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads > 1 else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    options.log_severity_level = 3  # errors only: its warnings are about graph details, not the user's run
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -20,7 +20,7 @@ import torch
 from cape_track.model import CapeModel, SupportSet
 from cape_track.model.matching import FinderConfig, Found, KeypointFinder
 from cape_track.model.transforms import SquareBox, crop_to_input, input_to_frame, normalize_images
-from cape_track.tracker.accel import Accelerator, HostResult
+from cape_track.tracker.accel import Accelerator, HostResult, network_threads
 from cape_track.tracker.frames import Frame, FrameResult, TrackInfo
 from cape_track.tracker.roi import RoiConfig, follow, whole_frame
 from cape_track.tracker.sinks import Sink
@@ -50,13 +50,20 @@ class TrackerConfig:
     search_every: int = 10  # while lost, the tiled search runs at most once per this many frames (it costs ~20 crops)
     # Keyframes: the network runs at least every this many frames, and the smoother's optical flow carries the
     # keypoints in between; earlier where the flow cannot be trusted (`keyframe_reason`). 1 = the network on every
-    # frame (batched). Needs the smoother with flow; without it every frame is a keyframe.
-    keyframe_every: int = 4
+    # frame (batched). Needs the smoother with flow; without it every frame is a keyframe. Development set, mean
+    # PCK@0.05 / 0.1 against the network on every frame (README, *Keyframes and accuracy*): every 2 is level or
+    # better on every group, photos of other faces +0.8 / +1.1 (22 runs); every 4 fell behind on those photos by
+    # -0.7 / -1.5 (and on the evaluation clip's by 4.7 / 5.6), every 3 by -1.0 / -1.3.
+    keyframe_every: int = 2
     # Files, with the smoother: a result waits for this many later keyframes and is smoothed backward from them
     # (`_Settling`). 0 writes each frame as soon as it is tracked (live sources always do).
     settle: int = 2
     cut_threshold: float = 0.1  # thumbnail change (`FlowImage.change`) that counts as a scene cut
     edge_margin: float = 0.02  # a visible keypoint this close to the frame's edge (fraction of its longer side)
+    # Threads of one network call in a run (ONNX Runtime); 0 = per run, the usable cores less one for each sink
+    # that encodes in a thread of its own (`accel.network_threads`): both of 2 cores for tracks only, one beside
+    # the annotated video's encoder.
+    network_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.finder not in FINDERS:
@@ -65,6 +72,8 @@ class TrackerConfig:
             raise ValueError(f"keyframe_every must be >= 1, got {self.keyframe_every}")
         if self.settle < 0:
             raise ValueError(f"settle must be >= 0, got {self.settle}")
+        if self.network_threads < 0:
+            raise ValueError(f"network_threads must be >= 0, got {self.network_threads}")
 
 
 @dataclass(frozen=True)
@@ -244,8 +253,10 @@ class Tracker:
         info = TrackInfo(source.name, source.fps, source.width, source.height, self.names, self.skeleton)
         self._times = times
         start = time.perf_counter()
+        threads = self.config.network_threads or network_threads(sum(sink.encoder_threads for sink in sinks))
         try:
             with ExitStack() as stack:
+                stack.enter_context(self.accel.network_threads(self.model, threads))
                 for sink in sinks:
                     sink.open(info)
                     stack.callback(sink.close)
@@ -432,7 +443,8 @@ class Tracker:
             return self._found(self._predict([frame] * len(chunk), chunk))
 
         if workers > 1:
-            with ThreadPoolExecutor(workers, thread_name_prefix="cape-search") as pool:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="cape-search")
+            with self.accel.side_by_side(self.model), pool:
                 found = list(pool.map(look, chunks))
         else:
             found = [look(chunk) for chunk in chunks]

@@ -35,6 +35,9 @@ class Sink:
 
     path: Path | None = None
     stop_requested: bool = False
+    # Threads of its own that keep a core busy while it writes (the annotated video's encoder): the tracker's
+    # network leaves those cores to it (`accel.network_threads`).
+    encoder_threads: int = 0
 
     def open(self, info: TrackInfo) -> None:
         raise NotImplementedError
@@ -78,6 +81,10 @@ class TrackFiles(Sink):
     @property
     def busy_seconds(self) -> float:
         return self.video.busy_seconds if self.video else 0.0
+
+    @property
+    def encoder_threads(self) -> int:
+        return self.video.encoder_threads if self.video else 0
 
     def open(self, info: TrackInfo) -> None:
         """Open every file, or none: a part that cannot open closes and removes the ones opened before it (no
@@ -299,6 +306,8 @@ class VideoSink(Sink):
     """The annotated video: H.264 (the first encoder PyAV has), yuv420p, odd sizes padded to even, frame
     timestamps from the source (variable frame rate kept). Drawing and encoding run in a writer thread. The file
     is finished by `close` (the MP4 index is written last); no file is left when no frame was written."""
+
+    encoder_threads = 1
 
     def __init__(self, path: str | Path, crf: int = 20, queue_size: int | None = None) -> None:
         self.path = Path(path)
