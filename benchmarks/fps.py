@@ -449,6 +449,7 @@ class Options:
     frames: int | None
     warmup: int
     repeat: int  # rounds over every measurement; each figure is its best round
+    threads: int | None = None  # --threads: torch's, OpenCV's and every run's network threads (None: as the CLI)
 
 
 @dataclass(frozen=True)
@@ -460,8 +461,8 @@ class Variant:
     batch: int | None = None
     video: bool = True  # also write the annotated video (False: tracks only)
     support_per_call: bool = False
-    threads: int | None = None  # torch, ONNX Runtime and OpenCV threads (None: `configure_cpu_threads`)
-    network_threads: int = 0  # one network call's threads in a run (0: the tracker's per-run choice)
+    threads: int | None = None  # torch and OpenCV threads (None: `configure_cpu_threads`)
+    network_threads: int = 0  # ONNX Runtime's threads for a run's network calls (0: the tracker's choice per run)
 
 
 def variants(opts: Options) -> dict[str, Variant]:
@@ -496,12 +497,13 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
     info = TrackInfo(decoded.name, decoded.fps, width, height, opts.support.names, opts.support.skeleton)
 
     def build(v: Variant, smooth: bool = True) -> tuple[Tracker, str]:
-        with cpu_threads(v.threads):  # ONNX Runtime's session takes its thread count when it is made
+        with cpu_threads(v.threads):  # for the warm-up runs
             return _build(v, smooth)
 
     def _build(v: Variant, smooth: bool) -> tuple[Tracker, str]:
         model = CapeModel.from_checkpoint(opts.checkpoint, device=device)  # fresh: accelerators patch it in place
-        config = TrackerConfig(batch=v.batch or opts.batch, smooth=smooth, network_threads=v.network_threads)
+        threads = opts.threads or v.network_threads  # an explicit --threads holds for ONNX Runtime too
+        config = TrackerConfig(batch=v.batch or opts.batch, smooth=smooth, network_threads=threads)
         if v.keyframe_every is not None:
             config = replace(config, keyframe_every=v.keyframe_every)
         tracker, note = make_tracker(model, opts.support, config, device, v.accel)
@@ -759,7 +761,8 @@ def format_table(report: dict) -> str:
         "pipelines back to back",
         f"overlap ratio      {report['overlap_ratio']:6.2f}  pipeline / slowest stage ({st['slowest']}) "
         f"  target >= {tg['overlap_ratio']} (a limit 2 cores cannot reach: see cpu efficiency)",
-        f"threads            {th['default_vs_all_cores_ratio']:6.2f}  {th['default']} torch/ORT/OpenCV thread(s) vs "
+        f"threads            {th['default_vs_all_cores_ratio']:6.2f}  {th['default']} torch/OpenCV thread(s), ORT's "
+        "per run, vs "
         f"all {report['machine']['usable_cores']} cores ({th['all_cores_fps']:.1f} fps)",
         f"keyframes          {kf['vs_off_ratio']:6.2f}  x fps vs the network on every frame ({100 * kf['share']:.0f} %"
         " of frames were keyframes)",
@@ -844,7 +847,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, metavar="N", help="use the first N frames only (default: the whole clip)")
     p.add_argument("--warmup", type=int, default=2, metavar="W", help="warm-up calls per batch shape (default: 2)")
     p.add_argument("--repeat", type=int, default=3, metavar="R", help="rounds; each figure is its best (default: 3)")
-    p.add_argument("--threads", type=int, metavar="T", help="torch and OpenCV CPU threads (default: the CLI's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="T",
+        help="torch, OpenCV and ONNX Runtime CPU threads (default: the CLI's choice)",
+    )
     p.add_argument("--json", type=Path, metavar="OUT", help="write the report there")
     p.add_argument("--plot", type=Path, metavar="PNG", help="draw the stage throughputs there")
     return p
@@ -853,8 +861,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if min(args.batch, *args.batches, args.repeat, 1 if args.frames is None else args.frames) < 1 or args.warmup < 0:
-        parser.error("--batch, --batches, --frames and --repeat must be >= 1, --warmup >= 0")
+    optional = [n for n in (args.frames, args.threads) if n is not None]
+    if min(args.batch, *args.batches, args.repeat, *optional) < 1 or args.warmup < 0:
+        parser.error("--batch, --batches, --frames, --repeat and --threads must be >= 1, --warmup >= 0")
     try:
         device = select_device(args.device)
         if args.threads:
@@ -875,6 +884,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             frames=args.frames,
             warmup=args.warmup,
             repeat=args.repeat,
+            threads=args.threads,
         )
         report = measure(opts, log=lambda msg: print(f"{PROG}: {msg}", file=sys.stderr, flush=True))
     except CapeError as exc:

@@ -67,7 +67,10 @@ def test_no_video_writes_the_tracks_alone_and_leaves_an_old_video_alone(inputs, 
     out.mkdir()
     paths["video"].write_bytes(b"an earlier run's video")
     code, err, _ = _run([clip.path, "--support", ref, "--checkpoint", checkpoint, "--out", out, "--no-video"], capsys)
-    assert code == 0 and err == []  # the old video is not a result of this run: no "already exists"
+    # The old video is no result of this run: no "already exists", but a note that it is not these tracks' video.
+    assert code == 0 and err == [
+        f"cape-track: note: {paths['video']} is left from an earlier run (--no-video writes none)"
+    ]
     assert len(json.loads(paths["json"].read_text())["frames"]) == 5
     assert len(list(csv.reader(paths["csv"].open()))) == 6
     assert paths["video"].read_bytes() == b"an earlier run's video"
@@ -132,6 +135,7 @@ def _bad_inputs(tmp_path: Path, clip, ref: Path, checkpoint: Path) -> dict[str, 
         "no support": ([video], "--support IMAGE is required"),
         "batch zero": ([video, *good, "--batch", "0"], "0 is not >= 1"),
         "settle negative": ([video, *good, "--settle", "-1"], "-1 is not >= 0"),
+        "no video of a webcam": (["--webcam", "0", "--support", ref, "--no-video"], "--no-video is about the files"),
         "keyframes not a number": ([video, *good, "--keyframe-every", "x"], "'x' is not a whole number of frames"),
         "settle not a number": ([video, *good, "--settle", "2.5"], "'2.5' is not a whole number of keyframes"),
         "unknown accel": ([video, *good, "--accel", "warp"], "invalid choice: 'warp'"),

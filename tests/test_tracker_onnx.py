@@ -24,6 +24,7 @@ from cape_track.tracker.accel import ONNX_TOLERANCE, Accelerator, OnnxBackbone, 
 from cape_track.tracker.cli import main
 from cape_track.tracker.errors import TrackerWarning
 from cape_track.tracker.pipeline import Tracker, TrackerConfig
+from cape_track.tracker.sinks import Sink
 from cape_track.tracker.sources import VideoFileSource
 
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra (installed by make test) is not installed")
@@ -86,31 +87,26 @@ def test_tracker_with_onnx_matches_eager(tmp_path: Path) -> None:
         assert (a.visible == b.visible).all() and a.keyframe == b.keyframe
 
 
-def test_thread_counts_give_the_same_levels_and_side_by_side_calls_take_one_thread() -> None:
+def test_thread_counts_give_the_same_levels_and_are_asked_per_thread() -> None:
     model = tiny_model()
     runner = OnnxBackbone.load(model.backbone, model.input_size, 2)
     images = torch.randn(2, 3, 128, 128)
-    runner.threads = 1
-    one = runner.levels(images)
-    runner.threads = 2
-    two = runner.levels(images)
+    with runner.use_threads(1):
+        one = runner.levels(images)
+    with runner.use_threads(2):
+        two = runner.levels(images)
+        elsewhere = []
+        worker = threading.Thread(target=lambda: elsewhere.append(runner.threads))
+        worker.start()
+        worker.join()
+        assert runner.threads == 2 and elsewhere == [torch.get_num_threads()]  # another thread keeps its own
+    assert runner.threads == torch.get_num_threads()
     for a, b in zip(one, two, strict=True):
         assert float((a - b).abs().max()) <= ONNX_TOLERANCE * float(b.abs().max())
-    asked = []
-    real = runner._session
-    runner._session = lambda threads: asked.append(threads) or real(threads)  # type: ignore[method-assign]
-    runner.levels(images)
-    with runner.side_by_side():
-        runner.levels(images)
-    runner.levels(images)
-    assert asked == [2, 1, 2]
 
 
-class _Watching:
-    """A sink recording the ONNX backbone's thread count for each frame; `encoder_threads` as given."""
-
-    path = None
-    stop_requested = False
+class _Watching(Sink):
+    """Records the ONNX backbone's threads for the tracker's thread at each frame; `encoder_threads` as given."""
 
     def __init__(self, runner: OnnxBackbone, encoder_threads: int) -> None:
         self.runner, self.encoder_threads, self.seen = runner, encoder_threads, []
@@ -132,27 +128,31 @@ def test_the_network_takes_the_cores_no_encoder_needs(tmp_path: Path, monkeypatc
     monkeypatch.setattr(accel_module, "usable_cores", lambda: 4)
     tracker = Tracker(tiny_model(), support, TrackerConfig(batch=2), Accelerator("cpu", "onnx"))
     runner = tracker.model.backbone.pyramid.__self__
-    before = runner.threads
-    searched = []
+    asked = []
     real = runner._session
 
     def session(threads: int) -> object:
-        if threading.current_thread().name.startswith("cape-search"):
-            searched.append(threads)
+        asked.append((threading.current_thread().name.startswith("cape-search"), threads))
         return real(threads)
 
     runner._session = session
+    torch_threads = torch.get_num_threads()
     for encoders, expected in ((0, 4), (1, 3)):
         sink = _Watching(runner, encoders)
         with VideoFileSource(clip.path) as source:
             list(tracker.run(source, [sink]))
-        assert set(sink.seen) == {expected} and runner.threads == before  # restored after the run
-    assert searched and set(searched) == {1}  # the tiled search's chunks, side by side, take one thread each
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    sink = _Watching(runner, 0)
-    with VideoFileSource(clip.path) as source:
-        list(tracker.run(source, [sink]))
-    assert set(sink.seen) == {torch.get_num_threads()}  # the user's explicit count wins
+        assert set(sink.seen) == {expected} and runner.threads == torch_threads  # restored after the run
+    searched = {threads for in_search, threads in asked if in_search}
+    assert searched == {torch_threads}  # the tiled search's workers keep torch's count
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    torch.set_num_threads(3)  # as torch does at start for that variable
+    try:
+        sink = _Watching(runner, 0)
+        with VideoFileSource(clip.path) as source:
+            list(tracker.run(source, [sink]))
+    finally:
+        torch.set_num_threads(torch_threads)
+    assert set(sink.seen) == {3}  # the user's explicit count wins
 
 
 def test_a_disagreeing_graph_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -109,9 +109,9 @@ class Accelerator:
     @property
     def parallel_calls(self) -> int:
         """How many independent model calls may run at once (the tiled search's chunks). On the CPU, the cores over
-        the threads one call takes (torch's; ONNX Runtime's session takes as many): two cores with one thread each
-        run two calls side by side. One on a GPU, whose calls queue on one stream anyway, and under `compile`,
-        whose compiled graphs are not meant to be entered from two threads at once."""
+        the threads one call takes (torch's, which ONNX Runtime's calls from the search's workers take too): two
+        cores with one thread each run two calls side by side. One on a GPU, whose calls queue on one stream
+        anyway, and under `compile`, whose compiled graphs are not meant to be entered from two threads at once."""
         if self.device.type != "cpu" or self.accel == "compile":
             return 1
         return max(1, usable_cores() // torch.get_num_threads())
@@ -160,26 +160,12 @@ class Accelerator:
             _note(f"{self.accel} failed ({first_line(exc)}); running eager")
         return model
 
-    @contextlib.contextmanager
-    def network_threads(self, model: nn.Module, threads: int) -> Iterator[None]:
-        """Inside the block, a network call of `model` on its own takes `threads` threads where its backbone runs in
-        ONNX Runtime. The eager and compiled paths keep torch's count: a process-wide setting, which the tiled
-        search's side-by-side calls read too (`parallel_calls`)."""
+    def network_threads(self, model: nn.Module, threads: int) -> contextlib.AbstractContextManager:
+        """Inside the block, network calls of `model` made from this thread take `threads` threads where its
+        backbone runs in ONNX Runtime; other threads' calls (the tiled search's workers, another run sharing the
+        model) keep theirs. The eager and compiled paths keep torch's count, a process-wide setting."""
         runner = _onnx_runner(model)
-        if runner is None:
-            yield
-            return
-        before, runner.threads = runner.threads, threads
-        try:
-            yield
-        finally:
-            runner.threads = before
-
-    def side_by_side(self, model: nn.Module) -> contextlib.AbstractContextManager:
-        """Network calls of `model` made inside the block run beside each other (the tiled search's
-        `parallel_calls`): one thread each."""
-        runner = _onnx_runner(model)
-        return runner.side_by_side() if runner is not None else contextlib.nullcontext()
+        return runner.use_threads(threads) if runner is not None else contextlib.nullcontext()
 
     def _onnx(self, backbone: nn.Module, input_size: int, depth: int) -> OnnxBackbone | None:
         if self.device.type != "cpu":
@@ -236,18 +222,33 @@ class OnnxBackbone:
     """The backbone's levels computed by ONNX Runtime (CPU provider) from a graph exported once per backbone and
     cached in `cache_dir()` under the hash of its weights, configuration and the exporter's versions.
 
-    A call on its own takes `threads` threads (the tracker sets them per run, `Accelerator.network_threads`); calls
-    made side by side (`side_by_side`: the tiled search's chunks) take one each, so they never ask for more
-    threads than there are cores. One session per thread count, made when first needed."""
+    A call takes torch's thread count (`configure_cpu_threads` leaves a core to decoding and encoding), or what the
+    calling thread asked for with `use_threads` (a tracker's run, `Accelerator.network_threads`): per thread, so
+    the tiled search's workers and other runs sharing the model keep their own. One session per thread count, made
+    when first needed."""
 
     def __init__(self, data: bytes, depth: int) -> None:
         self.data = data
         self.depth = depth
-        self.threads = torch.get_num_threads()  # configure_cpu_threads leaves a core to decode and encode
         self._sessions: dict[int, object] = {}
         self._lock = threading.Lock()
-        self._beside = 0  # open `side_by_side` sections
+        self._asked = threading.local()  # .threads: this thread's `use_threads`
         self._session(self.threads)  # a graph ONNX Runtime cannot load fails here, not at the first frame
+
+    @property
+    def threads(self) -> int:
+        """The threads a call from this thread takes now."""
+        return getattr(self._asked, "threads", None) or torch.get_num_threads()
+
+    @contextlib.contextmanager
+    def use_threads(self, threads: int) -> Iterator[None]:
+        """Calls from this thread inside the block take `threads` threads."""
+        before = getattr(self._asked, "threads", None)
+        self._asked.threads = threads
+        try:
+            yield
+        finally:
+            self._asked.threads = before
 
     @classmethod
     def load(cls, backbone: nn.Module, input_size: int, depth: int) -> OnnxBackbone:
@@ -275,19 +276,8 @@ class OnnxBackbone:
                 self._sessions[threads] = _onnx_session(self.data, threads)
             return self._sessions[threads]
 
-    @contextlib.contextmanager
-    def side_by_side(self) -> Iterator[None]:
-        """Calls made inside the block run beside each other: one thread each."""
-        with self._lock:
-            self._beside += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._beside -= 1
-
     def levels(self, images: torch.Tensor) -> list[torch.Tensor]:
-        session = self._session(1 if self._beside else self.threads)
+        session = self._session(self.threads)
         arrays = session.run(None, {"images": images.detach().float().contiguous().numpy()})
         return [torch.from_numpy(a) for a in arrays]
 
@@ -346,9 +336,9 @@ def _graph_key(backbone: nn.Module, input_size: int, depth: int) -> str:
 def _onnx_session(data: bytes, threads: int) -> object:
     """An ONNX Runtime CPU session on `threads` intra-op threads. Its workers spin between the operators of a call
     and stop when the call returns: on 2 idle cores, a 256 px crop of the embedded model takes 8.3 ms on two
-    threads so, 9.0 ms when they sleep between operators instead (each wakes up ~60 times a call) and 13.4 ms on
-    one, for 16.6, 17.0 and 13.8 ms of CPU; left spinning after the call, the workers burnt 28.7 ms of CPU per
-    call when calls came 10 ms apart, taking the core from the other stages."""
+    threads so (16.6 ms of CPU) against 13.4 on one (13.8), and 9.0-12.8 ms when the workers sleep between
+    operators instead (each wakes up dozens of times a call). Left spinning after the call, as by default, they
+    burnt 28.7 ms of CPU per call when calls came 10 ms apart, taking the cores of the other stages."""
     from cape_track.model.export import import_onnxruntime  # lazily, as the exporter: an optional extra
 
     ort = import_onnxruntime()

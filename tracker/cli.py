@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-video",
         action="store_true",
-        help="write the tracks (JSON, CSV, --export) without the annotated video: faster, the network then takes "
-        "every core",
+        help="write the tracks (JSON, CSV, --export) without the annotated video: faster (with ONNX Runtime on the "
+        "CPU the network then takes every core); an annotated video already there is left as it is",
     )
     p.add_argument(
         "--export",
@@ -567,6 +567,8 @@ def _prepare(args: argparse.Namespace, jobs: list[_Job]) -> _Prepared:
         raise _UsageError("--offline is a smoothing pass (drop --no-smooth)")
     if args.webcam is None and args.record:
         raise _UsageError("--record is for --webcam (files are written to --out)")
+    if args.webcam is not None and args.no_video and not args.record:
+        raise _UsageError("--no-video is about the files written (add --record DIR with --webcam)")
     if "sleap" in args.export:
         from cape_track.tracker.exports import sleap_available
 
@@ -605,15 +607,16 @@ def _open_job(args: argparse.Namespace, job: _Job, prepared: _Prepared) -> tuple
     from cape_track.tracker.sinks import WindowSink, file_sinks, output_paths
     from cape_track.tracker.sources import WebcamSource, open_source
 
-    if job.out is not None and not args.overwrite:
+    if job.out is not None:
         paths = output_paths(job.out, job.stem)
-        if args.no_video:
-            del paths["video"]  # an annotated video already there is neither replaced nor a reason to skip
+        video = paths.pop("video") if args.no_video else None  # then neither replaced nor a reason to skip
         existing = [p for p in paths.values() if p.exists()]
         if existing and args.skip_existing:
             raise _Skipped(f"{existing[0]} exists: skipped (--skip-existing)")
-        if existing:
+        if existing and not args.overwrite:
             raise SinkError(f"{existing[0]}: already exists (pass --overwrite to replace it, or --skip-existing)")
+        if video is not None and video.exists():
+            _err(f"{PROG}: note: {video} is left from an earlier run (--no-video writes none)")
     if isinstance(job.spec, int):
         source: Source = WebcamSource(job.spec)
     else:

@@ -253,9 +253,12 @@ class Tracker:
         info = TrackInfo(source.name, source.fps, source.width, source.height, self.names, self.skeleton)
         self._times = times
         start = time.perf_counter()
-        threads = self.config.network_threads or network_threads(sum(sink.encoder_threads for sink in sinks))
+        encoders = sum(getattr(sink, "encoder_threads", 0) for sink in sinks)
+        threads = self.config.network_threads or network_threads(encoders)
         try:
             with ExitStack() as stack:
+                # For the calls of the thread that runs the tracker (a run is a generator: from its first result to
+                # its end or `close`).
                 stack.enter_context(self.accel.network_threads(self.model, threads))
                 for sink in sinks:
                     sink.open(info)
@@ -443,8 +446,7 @@ class Tracker:
             return self._found(self._predict([frame] * len(chunk), chunk))
 
         if workers > 1:
-            pool = ThreadPoolExecutor(workers, thread_name_prefix="cape-search")
-            with self.accel.side_by_side(self.model), pool:
+            with ThreadPoolExecutor(workers, thread_name_prefix="cape-search") as pool:  # torch's count each
                 found = list(pool.map(look, chunks))
         else:
             found = [look(chunk) for chunk in chunks]

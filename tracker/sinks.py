@@ -35,8 +35,8 @@ class Sink:
 
     path: Path | None = None
     stop_requested: bool = False
-    # Threads of its own that keep a core busy while it writes (the annotated video's encoder): the tracker's
-    # network leaves those cores to it (`accel.network_threads`).
+    # Cores its own threads keep busy while it writes (the annotated video's encoder: about one core's work per
+    # frame whatever x264's thread count): the tracker's network leaves them to it (`accel.network_threads`).
     encoder_threads: int = 0
 
     def open(self, info: TrackInfo) -> None:
