@@ -52,8 +52,8 @@ class TrackerConfig:
     # keypoints in between; earlier where the flow cannot be trusted (`keyframe_reason`). 1 = the network on every
     # frame (batched). Needs the smoother with flow; without it every frame is a keyframe. Development set, mean
     # PCK@0.05 / 0.1 against the network on every frame (README, *Keyframes and accuracy*): every 2 is level or
-    # better on every group, photos of other faces +0.8 / +1.1 (22 runs); every 4 fell behind on those photos by
-    # -0.7 / -1.5 (and on the evaluation clip's by 4.7 / 5.6), every 3 by -1.0 / -1.3.
+    # better on every group but the generated clips, photos of other faces +0.7 / +1.0 (22 runs); every 4 fell behind
+    # on those photos by -0.7 / -1.4 (and on the evaluation clip's by 4.7 / 5.6), every 3 by -1.0 / -1.3.
     keyframe_every: int = 2
     # Files, with the smoother: a result waits for this many later keyframes and is smoothed backward from them
     # (`_Settling`). 0 writes each frame as soon as it is tracked (live sources always do).
