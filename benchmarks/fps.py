@@ -134,6 +134,14 @@ class StampedSource(Source):
     def busy_seconds(self) -> float:
         return self.inner.busy_seconds
 
+    @property
+    def prepare(self) -> Callable[[Frame], Frame] | None:  # the reader thread is the inner source's
+        return self.inner.prepare
+
+    @prepare.setter
+    def prepare(self, prepare: Callable[[Frame], Frame] | None) -> None:
+        self.inner.prepare = prepare
+
     def __iter__(self) -> Iterator[Frame]:
         for frame in islice(self.inner, self.limit):
             self.taken[frame.index] = time.perf_counter()
@@ -221,16 +229,19 @@ class Decoded:
 
 
 def decode_stage(video: Path, limit: int | None, keep: bool = True) -> Decoded:
-    """Decode alone: the source thread fills its queue as fast as it can and the frames are only collected, or
-    with `keep=False` only counted (`frames` then holds the first one): the timed rounds, because holding a whole
-    clip costs page faults on fresh memory that the streaming pipeline, which frees its frames, does not pay."""
+    """Decode alone, with the optical-flow image the tracker's run has the reader thread make (`Source.prepare`): the
+    source thread fills its queue as fast as it can and the frames are only collected, or with `keep=False` only
+    counted (`frames` then holds the first one): the timed rounds, because holding a whole clip costs page faults on
+    fresh memory that the streaming pipeline, which frees its frames, does not pay. The first frame, read before the
+    source could be told, is prepared here (in the pipeline it is the tracker's, as are the few queued with it)."""
     cpu0, start = time.process_time(), time.perf_counter()
     source = VideoFileSource(video)
+    source.prepare = Tracker.prepare_frame
     try:
         frames, count = [], 0
         for frame in islice(source, limit):
             if keep or not frames:
-                frames.append(frame)
+                frames.append(Tracker.prepare_frame(frame))
             count += 1
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
     finally:
@@ -726,7 +737,7 @@ def format_table(report: dict) -> str:
         f"{'stage (alone)':<34}{'frames/s':>10}{'ms/frame':>10}{'CPU ms':>9}",
     ]
     for name, key in (
-        ("decode", "decode"),
+        ("decode (+ flow image)", "decode"),
         ("model (crop + network, every fr.)", "model"),
         ("track (keyframes, flow, Kalman)", "track"),
         ("  on every core (tracks only)", "track_tracks_only"),

@@ -6,6 +6,7 @@ keyframes and smoothed backward from them."""
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,11 +16,12 @@ from fixtures_media import write_clip, write_support
 
 from cape_track.model import CapeModel, SupportSet
 from cape_track.model.transforms import SquareBox
+from cape_track.tracker.flow import FlowImage
 from cape_track.tracker.frames import Frame, FrameResult
 from cape_track.tracker.pipeline import Tracker, TrackerConfig, TrackState, _Settling, keyframe_reason
 from cape_track.tracker.sinks import file_sinks, output_paths
-from cape_track.tracker.smoothing import FlowImage, KalmanSmoother, Motion, SmootherConfig, StepRecord
-from cape_track.tracker.sources import VideoFileSource
+from cape_track.tracker.smoothing import KalmanSmoother, Motion, SmootherConfig, StepRecord
+from cape_track.tracker.sources import Source, VideoFileSource
 
 W, H = 320, 240
 
@@ -116,6 +118,42 @@ def test_tracker_runs_the_network_on_keyframes_only(tmp_path: Path) -> None:
             np.testing.assert_array_equal(r.scores, by_index[last].scores)
     errors = np.array([np.linalg.norm(r.xy_frame - clip.keypoints[r.index], axis=1) for r in results])
     assert np.median(errors) < 0.1 * 0.35 * min(clip.size)  # as the every-frame test in test_pipeline
+
+
+class _Listed(Source):
+    """Frames served from memory: no reader thread, so nothing is prepared ahead."""
+
+    def __init__(self, frames: list[Frame], fps: float) -> None:
+        self.frames, self.fps, self.name = frames, fps, "listed"
+        self.height, self.width = frames[0].image.shape[:2]
+
+    def __iter__(self):
+        return iter(self.frames)
+
+    def close(self) -> None:
+        pass
+
+
+def test_flow_images_made_by_the_reader_thread_change_nothing(tmp_path: Path, monkeypatch) -> None:
+    clip = write_clip(tmp_path, frames=16, size=(W, H))
+    support = SupportSet.from_files([write_support(clip, tmp_path / "support")])
+    tracker = Tracker(CapeModel.from_checkpoint(None), support, TrackerConfig(keyframe_every=2))
+    threads = []
+    real = Tracker.prepare_frame
+    prepare = staticmethod(lambda frame: threads.append(threading.get_ident()) or real(frame))
+    monkeypatch.setattr(Tracker, "prepare_frame", prepare)
+    with VideoFileSource(clip.path, queue_size=2) as source:
+        frames = [replace(f, flow=None) for f in source]  # as decoded, nothing prepared
+    with VideoFileSource(clip.path, queue_size=2) as source:
+        ahead = list(tracker.run(source))
+        assert source.prepare is None  # the run's hook is gone with it
+    assert len(threads) >= 10 and threading.get_ident() not in threads  # made ahead, by the reader thread
+    threads.clear()
+    alone = list(tracker.run(_Listed(frames, clip.fps)))
+    assert not threads
+    for a, b in zip(ahead, alone, strict=True):
+        np.testing.assert_array_equal(a.xy_frame, b.xy_frame)
+        assert (a.keyframe, a.box) == (b.keyframe, b.box)
 
 
 @pytest.mark.parametrize("config", [TrackerConfig(keyframe_every=1), TrackerConfig(keyframe_every=4, smooth=False)])

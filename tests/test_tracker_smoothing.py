@@ -9,14 +9,8 @@ import pytest
 from filterpy.common import Q_discrete_white_noise
 from filterpy.kalman import KalmanFilter
 
-from cape_track.tracker.smoothing import (
-    FlowImage,
-    KalmanSmoother,
-    SmootherConfig,
-    optical_flow,
-    predict,
-    white_noise,
-)
+from cape_track.tracker.flow import FlowImage, optical_flow
+from cape_track.tracker.smoothing import KalmanSmoother, SmootherConfig, predict, white_noise
 
 NO_GATE = SmootherConfig(flow=False, gate=1e12, min_score=0.0)
 

@@ -3,9 +3,11 @@ rotation and variable frame rate, forwards failures; the webcam keeps only the n
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -74,6 +76,24 @@ def test_rotation_metadata_is_honoured(tmp_path: Path, rotation: int) -> None:
         assert (source.width, source.height) == clip.size
         for frame in source:
             assert np.abs(frame.image.astype(int) - clip.render(frame.index)).mean() < 4
+
+
+def test_prepare_runs_in_the_reader_thread_on_the_frames_it_has_yet_to_queue(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path, frames=12)
+    threads: dict[int, str] = {}
+
+    def mark(frame: Frame) -> Frame:
+        threads[frame.index] = threading.current_thread().name
+        return replace(frame, image=frame.image.copy())
+
+    with VideoFileSource(clip.path, queue_size=2) as source:
+        source.prepare = mark
+        frames = list(source)
+    assert [f.index for f in frames] == list(range(12))
+    # The first frame (read by the constructor) and those already queued come as they were; every later one was
+    # prepared once, in order, by the decode thread.
+    assert 0 not in threads and set(range(4, 12)) <= set(threads)
+    assert set(threads.values()) == {f"cape-decode-{clip.path}"}
 
 
 class _CountingSource(VideoFileSource):

@@ -164,11 +164,12 @@ def test_usable_cores_are_the_affinity_capped_by_the_quota_rounded_down(monkeypa
 def test_the_decoder_and_the_encoder_size_their_threads_from_the_usable_cores(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A quota below the host's cores reaches FFmpeg and x264, which would count the affinity alone."""
+    """A quota below the host's cores reaches FFmpeg and x264, which would count the affinity alone; on two cores
+    each runs one thread."""
     from cape_track.tracker import sinks, sources
 
     clip = write_clip(tmp_path, frames=5).path
-    for cores, decoder, encoder in ((2, 3, 1), (8, 9, 12), (40, 16, 60)):
+    for cores, decoder, encoder in ((2, 1, 1), (3, 4, 4), (8, 9, 12), (40, 16, 60)):
         monkeypatch.setattr(sources, "usable_cores", lambda c=cores: c)
         monkeypatch.setattr(sinks, "usable_cores", lambda c=cores: c)
         source = VideoFileSource(clip)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cape_track.model.transforms import SquareBox
+from cape_track.tracker.flow import FlowImage
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,9 @@ class Frame:
     index: int  # 0-based position among the frames this source delivered
     time: float  # seconds since the first frame, from the stream's timestamps (exact for variable frame rate)
     image: np.ndarray  # [H, W, 3] uint8 RGB
+    # The frame prepared for optical flow where its source's reader thread made it ahead (`Source.prepare`), off the
+    # tracker's critical chain; None: the tracker makes it when it needs it.
+    flow: FlowImage | None = None
 
 
 @dataclass(frozen=True)
