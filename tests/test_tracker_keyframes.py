@@ -21,7 +21,7 @@ from cape_track.tracker.frames import Frame, FrameResult
 from cape_track.tracker.pipeline import Tracker, TrackerConfig, TrackState, _Settling, keyframe_reason
 from cape_track.tracker.sinks import file_sinks, output_paths
 from cape_track.tracker.smoothing import KalmanSmoother, Motion, SmootherConfig, StepRecord
-from cape_track.tracker.sources import Source, VideoFileSource
+from cape_track.tracker.sources import VideoFileSource
 
 W, H = 320, 240
 
@@ -120,11 +120,21 @@ def test_tracker_runs_the_network_on_keyframes_only(tmp_path: Path) -> None:
     assert np.median(errors) < 0.1 * 0.35 * min(clip.size)  # as the every-frame test in test_pipeline
 
 
-class _Listed(Source):
-    """Frames served from memory: no reader thread, so nothing is prepared ahead."""
+class _Listed:
+    """Frames served from memory by a duck-typed source that takes no `prepare` hook (slots): no reader thread, so
+    nothing is made ahead, and the run must not need the hook."""
+
+    __slots__ = ("frames", "fps", "name", "height", "width", "frame_count", "live", "busy_seconds")
 
     def __init__(self, frames: list[Frame], fps: float) -> None:
-        self.frames, self.fps, self.name = frames, fps, "listed"
+        self.frames, self.fps, self.name, self.frame_count, self.live, self.busy_seconds = (
+            frames,
+            fps,
+            "listed",
+            None,
+            False,
+            0.0,
+        )
         self.height, self.width = frames[0].image.shape[:2]
 
     def __iter__(self):
@@ -138,19 +148,23 @@ def test_flow_images_made_by_the_reader_thread_change_nothing(tmp_path: Path, mo
     clip = write_clip(tmp_path, frames=16, size=(W, H))
     support = SupportSet.from_files([write_support(clip, tmp_path / "support")])
     tracker = Tracker(CapeModel.from_checkpoint(None), support, TrackerConfig(keyframe_every=2))
-    threads = []
-    real = Tracker.prepare_frame
-    prepare = staticmethod(lambda frame: threads.append(threading.get_ident()) or real(frame))
-    monkeypatch.setattr(Tracker, "prepare_frame", prepare)
+    made: list[int] = []  # the threads that made a flow image
+    real = FlowImage.from_rgb.__func__
+    monkeypatch.setattr(
+        FlowImage, "from_rgb", classmethod(lambda cls, i: made.append(threading.get_ident()) or real(cls, i))
+    )
     with VideoFileSource(clip.path, queue_size=2) as source:
-        frames = [replace(f, flow=None) for f in source]  # as decoded, nothing prepared
+        frames = list(source)  # as decoded: no hook, nothing made
+    assert not made
     with VideoFileSource(clip.path, queue_size=2) as source:
         ahead = list(tracker.run(source))
         assert source.prepare is None  # the run's hook is gone with it
-    assert len(threads) >= 10 and threading.get_ident() not in threads  # made ahead, by the reader thread
-    threads.clear()
+    main = threading.get_ident()
+    # once per frame; the main thread only for the few read before the run began
+    assert len(made) == 16 and 0 < made.count(main) <= 4
+    made.clear()
     alone = list(tracker.run(_Listed(frames, clip.fps)))
-    assert not threads
+    assert made == [main] * 16
     for a, b in zip(ahead, alone, strict=True):
         np.testing.assert_array_equal(a.xy_frame, b.xy_frame)
         assert (a.keyframe, a.box) == (b.keyframe, b.box)

@@ -17,6 +17,7 @@ import pytest
 from fixtures_media import FakeCapture, write_clip
 
 from cape_track.tracker.errors import SourceError, TrackerWarning
+from cape_track.tracker.flow import FlowImage
 from cape_track.tracker.frames import Frame
 from cape_track.tracker.sources import (
     ImageFolderSource,
@@ -78,22 +79,24 @@ def test_rotation_metadata_is_honoured(tmp_path: Path, rotation: int) -> None:
             assert np.abs(frame.image.astype(int) - clip.render(frame.index)).mean() < 4
 
 
-def test_prepare_runs_in_the_reader_thread_on_the_frames_it_has_yet_to_queue(tmp_path: Path) -> None:
+def test_prepare_runs_in_the_reader_thread_on_the_frames_it_has_yet_to_read(tmp_path: Path) -> None:
     clip = write_clip(tmp_path, frames=12)
-    threads: dict[int, str] = {}
+    calls: list[tuple[int, str]] = []
 
     def mark(frame: Frame) -> Frame:
-        threads[frame.index] = threading.current_thread().name
-        return replace(frame, image=frame.image.copy())
+        calls.append((frame.index, threading.current_thread().name))
+        return replace(frame, flow=FlowImage.from_rgb(frame.image))
 
     with VideoFileSource(clip.path, queue_size=2) as source:
         source.prepare = mark
         frames = list(source)
     assert [f.index for f in frames] == list(range(12))
-    # The first frame (read by the constructor) and those already queued come as they were; every later one was
-    # prepared once, in order, by the decode thread.
-    assert 0 not in threads and set(range(4, 12)) <= set(threads)
-    assert set(threads.values()) == {f"cape-decode-{clip.path}"}
+    # The first frame (read by the constructor) and those read before the hook come as they were; every later one
+    # was prepared once, in order, by the decode thread, and is the frame handed out.
+    indices = [i for i, _ in calls]
+    assert indices == list(range(indices[0], 12)) and 0 < indices[0] <= 4
+    assert {name for _, name in calls} == {f"cape-decode-{clip.path}"}
+    assert [f.flow is not None for f in frames] == [i >= indices[0] for i in range(12)]
 
 
 class _CountingSource(VideoFileSource):
@@ -183,7 +186,11 @@ def test_no_video_stream(tmp_path: Path) -> None:
         VideoFileSource(path)
 
 
-def test_truncated_file_warns_how_far_it_got(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cores", [2, 8])  # one decoding thread, FFmpeg's frame threads
+def test_truncated_file_warns_how_far_it_got(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int) -> None:
+    from cape_track.tracker import sources
+
+    monkeypatch.setattr(sources, "usable_cores", lambda: cores)
     clip = write_clip(tmp_path, frames=30)
     faststart = tmp_path / "fast.mp4"  # index first, so a cut file still opens
     with av.open(str(clip.path)) as src, av.open(str(faststart), "w", options={"movflags": "+faststart"}) as dst:
@@ -199,6 +206,48 @@ def test_truncated_file_warns_how_far_it_got(tmp_path: Path) -> None:
         count = len(list(source))
     assert 0 < count < 30
     assert any(issubclass(w.category, TrackerWarning) and f"after {count} of 30" in str(w.message) for w in caught)
+
+
+class _Packet:
+    """A demuxed packet as `VideoFileSource._decoded` sees it: its size, and what decoding it gives or raises."""
+
+    def __init__(self, size: int, frames: list[str] | None = None) -> None:
+        self.size, self.frames = size, frames
+
+    def decode(self) -> list[str]:
+        if self.frames is None:
+            raise av.InvalidDataError(1094995529, "Invalid data found when processing input")
+        return self.frames
+
+
+def _decoded(packets: list[_Packet]) -> tuple[list[str], bool]:
+    reader = VideoFileSource.__new__(VideoFileSource)  # only the packet loop: no file, no thread
+    reader._container = type("Container", (), {"demux": staticmethod(lambda stream: iter(packets))})()
+    reader._stream = None
+    return list(reader._decoded()), reader._cut
+
+
+def test_a_failing_last_packet_ends_the_stream_and_the_held_frames_still_come() -> None:
+    # the cut packet, then the flush packet (size 0) that drains what the decoder holds
+    frames, cut = _decoded([_Packet(9, ["f0"]), _Packet(9, ["f1"]), _Packet(4), _Packet(0, ["f2"])])
+    assert (frames, cut) == (["f0", "f1", "f2"], True)
+    assert _decoded([_Packet(9, ["f0"]), _Packet(0, [])]) == (["f0"], False)
+
+
+def test_a_failing_packet_with_data_after_it_is_an_error() -> None:
+    with pytest.raises(av.InvalidDataError):
+        _decoded([_Packet(9, ["f0"]), _Packet(9), _Packet(9, ["f2"]), _Packet(0, [])])
+
+
+def test_a_cut_stream_of_unknown_length_warns(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path, frames=4)
+    with VideoFileSource(clip.path) as source:
+        _wait_until(lambda: not source.alive)  # the reader has read to the end (its queue holds the 4 frames)
+        source.frame_count, source._cut = None, True  # as a stream without a count whose last packet failed
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert len(list(source)) == 4
+    assert any("ended after 4 frames on a packet that did not decode" in str(w.message) for w in caught)
 
 
 def test_image_folder_in_natural_order(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ class Frame:
     index: int  # 0-based position among the frames this source delivered
     time: float  # seconds since the first frame, from the stream's timestamps (exact for variable frame rate)
     image: np.ndarray  # [H, W, 3] uint8 RGB
-    # The frame prepared for optical flow where its source's reader thread made it ahead (`Source.prepare`), off the
-    # tracker's critical chain; None: the tracker makes it when it needs it.
+    # `image` prepared for optical flow where its source's reader thread made it ahead (`Source.prepare`), off the
+    # tracker's critical chain; None: the tracker makes it when it needs it. A frame given a new image needs None.
     flow: FlowImage | None = None
 
 

@@ -100,10 +100,10 @@ class StageTimes:
     the pipeline can approach the slowest single stage rather than the sum."""
 
     frames: int = 0
-    decode: float = 0.0  # source thread: demux, decode, colour conversion
+    decode: float = 0.0  # source thread: demux, decode, colour conversion, the flow image (`Source.prepare`)
     prepare: float = 0.0  # ROI crops, resize, copy to the device, normalisation
     model: float = 0.0  # predict, plus waiting for its results
-    smooth: float = 0.0  # optical flow + Kalman filter (+ RTS when offline)
+    smooth: float = 0.0  # optical flow (and the flow images the source did not make) + Kalman filter (+ RTS offline)
     encode: float = 0.0  # video sink thread: drawing + H.264
     write: float = 0.0  # sink calls on the main thread (JSON, CSV, window, hand-over to the encoder)
     wall: float = 0.0  # the whole run
@@ -262,8 +262,7 @@ class Tracker:
                 # its end or `close`).
                 stack.enter_context(self.accel.network_threads(self.model, threads))
                 if self.smoother is not None and self.smoother.config.flow:
-                    stack.callback(setattr, source, "prepare", source.prepare)
-                    source.prepare = self.prepare_frame
+                    self._hand_preparation(source, stack)
                 for sink in sinks:
                     sink.open(info)
                     stack.callback(sink.close)
@@ -301,6 +300,16 @@ class Tracker:
         return frame if frame.flow is not None else replace(frame, flow=FlowImage.from_rgb(frame.image))
 
     # ------------------------------------------------------------------------------------------------ internals
+    def _hand_preparation(self, source: Source, stack: ExitStack) -> None:
+        """Have `source`'s reader make the flow images for this run (`Source.prepare`), its own hook back after it. A
+        source that takes no hook (duck-typed, slots, a read-only attribute) is left alone: the tracker makes them."""
+        before = getattr(source, "prepare", None)
+        try:
+            source.prepare = self.prepare_frame
+        except (AttributeError, TypeError):
+            return
+        stack.callback(setattr, source, "prepare", before)
+
     @property
     def keyframing(self) -> bool:
         """Whether frames between keyframes are carried by optical flow (else the network sees every frame)."""

@@ -118,7 +118,10 @@ class KalmanSmoother:
         whether a frame needs the network (`pipeline.keyframe_reason`)."""
         flow = None
         if self.config.flow:
-            flow = prepared if prepared is not None else FlowImage.from_rgb(image) if image is not None else None
+            if prepared is not None and (image is None or prepared.shape == image.shape[:2]):
+                flow = prepared
+            elif image is not None:
+                flow = FlowImage.from_rgb(image)
         displacement = np.full(state.x.shape[:2], np.nan)
         if flow is not None and state.flow is not None and state.flow.shape == flow.shape and state.tracked.any():
             tracked = state.tracked

@@ -35,11 +35,12 @@ class Source:
 
     Attributes every source sets before its first frame is read: `name` (for output file names), `fps` (nominal,
     for the video writer and the tracks file), `width`, `height`, `frame_count` (None when unknown), `live`
-    (True for cameras: no batching, frames may be dropped) and `busy_seconds` (time spent decoding, a stage timer).
+    (True for cameras: no batching, frames may be dropped) and `busy_seconds` (time spent reading ahead: decoding,
+    and `prepare`; a stage timer).
 
     `prepare`, when a consumer sets it, is applied by a file or folder source's reader thread to every frame it has
-    yet to queue (the tracker's flow image: work taken off the tracker's critical chain onto a thread that has a
-    core to spare); other sources, and frames queued before it was set, come as they are.
+    yet to read (the tracker's flow image: work taken off the tracker's critical chain onto a thread that has a
+    core to spare); other sources, and frames read before it was set, come as they are.
     """
 
     name: str
@@ -82,6 +83,8 @@ class _QueuedSource(Source):
     The thread ends with a sentinel, or with the exception it hit, which the consumer re-raises chained. The first
     frame is read in the constructor, so a file that opens but does not decode fails here, before any model work.
     """
+
+    _cut = False  # the stream ended on a packet that did not decode (`VideoFileSource._decoded`)
 
     def __init__(self, queue_size: int) -> None:
         if queue_size < 1:
@@ -168,6 +171,12 @@ class _QueuedSource(Source):
             yield item
 
     def _check_complete(self) -> None:
+        if self.frame_count is None and self._cut:
+            warnings.warn(
+                f"{self.name}: ended after {self._delivered} frames on a packet that did not decode (truncated file?)",
+                TrackerWarning,
+                stacklevel=3,
+            )
         if self.frame_count is not None and self._delivered < self.frame_count:
             warnings.warn(
                 f"{self.name}: ended after {self._delivered} of {self.frame_count} frames (truncated file?)",
@@ -210,7 +219,7 @@ class VideoFileSource(_QueuedSource):
             self._container.close()
             raise SourceError(f"{path}: not a video file (no video stream found)")
         stream = self._container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame + slice threads in the decoder; the GIL is released while decoding
+        stream.thread_type = "AUTO"  # frame + slice threads where there are several; the GIL is released while decoding
         stream.codec_context.thread_count = decoder_threads(usable_cores())
         self._stream = stream
         rate = stream.average_rate or stream.guessed_rate
@@ -255,9 +264,10 @@ class VideoFileSource(_QueuedSource):
 
     def _decoded(self) -> Iterator[av.VideoFrame]:
         """The stream's frames, packet by packet. A packet that does not decode ends the stream where it is the file's
-        last with data (a file cut short mid-packet: the run ends with `_check_complete`'s warning, its buffered
-        frames still drained); anywhere else its error stands. FFmpeg's frame threads kept such errors to
-        themselves; a single-threaded decoder (`decoder_threads`) raises them at the packet."""
+        last with data (a file cut short mid-packet: the run ends with `_check_complete`'s warning, the frames the
+        decoder holds still drained); anywhere else its error stands. FFmpeg's frame threads kept the cut packet's
+        error to themselves; a single-threaded decoder (`decoder_threads`) raises it. A damaged packet mid-file
+        raised either way (two damaged copies of the sample: the same frame, one thread or three)."""
         failed: av.FFmpegError | None = None
         for packet in self._container.demux(self._stream):
             if failed is not None and packet.size:
@@ -266,6 +276,7 @@ class VideoFileSource(_QueuedSource):
                 yield from packet.decode()
             except av.InvalidDataError as exc:
                 failed = exc
+        self._cut = failed is not None
 
     def _release(self) -> None:
         self._container.close()
