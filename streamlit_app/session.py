@@ -5,7 +5,9 @@ pointer event on it). Shared by the page's sections (`app`, `results`); nothing 
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import cv2
@@ -33,11 +35,20 @@ MAX_UPSCALE = 4.0  # small images are drawn larger so the points stay crisp
 LIST_ROWS, LIST_HEIGHT = 7, 360  # keypoint rows shown before the list scrolls, and its height then (px)
 
 
+class _Workdir:
+    """A session's folder, deleted when the session ends and this object is collected. A `TemporaryDirectory` left to
+    the collector does the same but warns (`ResourceWarning`) as it does, which is the normal end of a session."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="cape-track-page-"))
+        weakref.finalize(self, shutil.rmtree, self.path, ignore_errors=True)
+
+
 def workdir() -> Path:
     """This session's folder for uploads and results; deleted when the session ends (its object is collected)."""
     if "workdir" not in st.session_state:
-        st.session_state.workdir = tempfile.TemporaryDirectory(prefix="cape-track-page-")
-    return Path(st.session_state.workdir.name)
+        st.session_state.workdir = _Workdir()
+    return st.session_state.workdir.path
 
 
 def history() -> History:

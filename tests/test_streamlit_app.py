@@ -4,7 +4,9 @@ tracking job have their own files (test_streamlit_state.py, test_streamlit_job.p
 
 from __future__ import annotations
 
+import gc
 import json
+import warnings
 from pathlib import Path
 
 import cv2
@@ -173,7 +175,7 @@ def test_save_then_load_the_support_file(page: AppTest, tmp_path: Path) -> None:
         page.run()
     page.text_input(key="name_1").set_value("tail").run()
     assert page.download_button[0].label == "Save ref.json"
-    saved = Path(page.session_state["workdir"].name) / "saved" / "ref.json"  # the bytes the button offers
+    saved = page.session_state["workdir"].path / "saved" / "ref.json"  # the bytes the button offers
     assert json.loads(saved.read_text())["names"] == ["kp0", "tail"]
 
     fresh = AppTest.from_file(APP, default_timeout=60)
@@ -326,3 +328,16 @@ def test_bad_uploads_and_too_few_keypoints_are_messages(page: AppTest, tmp_path:
     assert any(e.startswith("support: too few keypoints") for e in _errors(page))
     assert "job" not in page.session_state
     assert not page.exception
+
+
+def test_a_sessions_folder_goes_with_it_and_without_a_warning() -> None:
+    from cape_track.streamlit_app.session import _Workdir
+
+    folder = _Workdir()
+    path = folder.path
+    (path / "upload.png").write_bytes(b"x")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del folder
+        gc.collect()
+    assert not path.exists() and caught == []

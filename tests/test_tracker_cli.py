@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import av
@@ -19,6 +20,7 @@ from fixtures_media import FakeCapture, write_clip, write_support
 
 from cape_track.model import CapeModel
 from cape_track.tracker import cli
+from cape_track.tracker.errors import TrackerWarning
 from cape_track.tracker.sinks import output_paths
 from cape_track.tracker.sources import WebcamSource
 
@@ -43,6 +45,21 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list
     code = cli.main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.err.splitlines(), captured.out
+
+
+def test_warnings_are_notes_but_not_the_collectors(inputs, checkpoint, tmp_path, capsys, monkeypatch) -> None:
+    """A run's warnings come out as one-line notes; a ResourceWarning (any object of the process being collected,
+    say a page session's folder in the same interpreter) does not."""
+    clip, ref = inputs
+
+    def run(args) -> int:
+        warnings.warn("a file left open", ResourceWarning, stacklevel=1)
+        warnings.warn("the accelerator fell back", TrackerWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(cli, "_run", run)
+    code, err, _ = _run([clip.path, "--support", ref, "--checkpoint", checkpoint, "--out", tmp_path], capsys)
+    assert (code, err) == (0, ["cape-track: note: the accelerator fell back"])
 
 
 def test_tracks_a_video_into_the_three_files(inputs, checkpoint, tmp_path, capsys) -> None:

@@ -136,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (never raises, never prints a traceback for bad input)."""
     with warnings.catch_warnings():
         warnings.simplefilter("default")
+        # Not the collector's notes on objects left open (ResourceWarning, hidden by Python's own default): they
+        # may be about any object of the process, not this run.
+        warnings.simplefilter("ignore", ResourceWarning)
         warnings.showwarning = _print_note
         argv = sys.argv[1:] if argv is None else list(argv)
         if argv[:1] == ["app"]:
