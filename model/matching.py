@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -215,10 +216,14 @@ class KeypointFinder:
             inliers = np.ones(n, bool)
         else:
             prior, extent, inliers = fit
-        # Place each keypoint: best similarity minus a quadratic pull towards its fitted position.
-        ys, xs = np.mgrid[0:h, 0:w]
-        cells = np.stack([xs, ys], -1) * stride + (stride - 1) / 2.0  # [h, w, 2] input px of cell centres
-        d2 = ((cells[None] - prior[:, None, None]) ** 2).sum(-1) / max(extent, stride) ** 2  # [N, h, w]
+        # Place each keypoint: best similarity minus a quadratic pull towards its fitted position. The squared
+        # distances per coordinate, on a row and a column of cell centres: 0.02 ms, against 0.26 for the same sums
+        # over an [N, h, w, 2] difference array.
+        xs = np.arange(w) * stride + (stride - 1) / 2.0  # input px of the cell centres
+        ys = np.arange(h) * stride + (stride - 1) / 2.0
+        dx = xs[None, None, :] - prior[:, 0, None, None]
+        dy = ys[None, :, None] - prior[:, 1, None, None]
+        d2 = (dx * dx + dy * dy) / max(extent, stride) ** 2  # [N, h, w]
         d2[~usable] = 0.0  # not on the layout's shot: its stored position means nothing, so no pull
         objective = sim - c.layout_weight * d2
         flat = objective.reshape(n, -1).argmax(1)
@@ -236,14 +241,19 @@ class KeypointFinder:
 
 
 def _local_maxima(sim: np.ndarray, m: int, stride: float) -> tuple[np.ndarray, np.ndarray]:
-    """The `m` highest 3x3 local maxima of each map `[N, h, w]`: positions `[N, m, 2]` input px and values."""
-    t = torch.from_numpy(sim)[:, None]
-    peak = (t == F.max_pool2d(t, 3, stride=1, padding=1))[:, 0]
-    masked = torch.where(peak, torch.from_numpy(sim), torch.tensor(-2.0)).flatten(1)
-    values, flat = masked.topk(m, dim=1)
-    w = sim.shape[-1]
-    xy = torch.stack([flat % w, flat // w], -1).double().numpy() * stride + (stride - 1) / 2.0
-    values = values.numpy()
+    """The `m` highest 3x3 local maxima of each map `[N, h, w]`: positions `[N, m, 2]` input px and values (ties
+    in the order of the cells). The 3x3 maximum is OpenCV's dilation over the maps as channels: 0.16 ms a call for 10
+    keypoints against 0.28 through torch's max pooling and top-k, the same maxima."""
+    n, h, w = sim.shape
+    channels_last = np.ascontiguousarray(sim.transpose(1, 2, 0))
+    square = np.ones((3, 3), np.uint8)
+    grown = np.concatenate(  # at most 128 channels per call (the most OpenCV 5 takes)
+        [cv2.dilate(channels_last[..., i : i + 128], square).reshape(h, w, -1) for i in range(0, n, 128)], -1
+    ).transpose(2, 0, 1)
+    masked = np.where(sim == grown, sim, -2.0).reshape(n, -1)
+    flat = np.argsort(-masked, axis=1, kind="stable")[:, :m]
+    values = np.take_along_axis(masked, flat, 1)
+    xy = np.stack([flat % w, flat // w], -1).astype(np.float64) * stride + (stride - 1) / 2.0
     # A map with fewer than m maxima repeats its best one (value -2 marks the filler).
     filler = values <= -2.0
     xy[filler] = np.repeat(xy[:, :1], m, axis=1)[filler]
@@ -266,21 +276,14 @@ def _fit_layout(
     support_extent = float(np.ptp(src, axis=0).max())
     if support_extent <= 0:
         return None
-    # Hypotheses: every pair (i, j) of usable keypoints x each one's top-2 candidates; with many keypoints, the
-    # pairs among the MAX_RANSAC_KEYPOINTS best-matched ones (the cost grows with the square of the count).
-    ranked = np.argsort(-cand_sim[idx, 0])[:MAX_RANSAC_KEYPOINTS]
-    pairs = [(a, b) for a in sorted(ranked) for b in sorted(ranked) if a < b]
-    pairs = [(a, b) for a, b in pairs if np.linalg.norm(src[a] - src[b]) > 0.15 * support_extent] or pairs
-    top = min(2, cand_xy.shape[1])
-    a, b, ca, cb = (np.array(v) for v in zip(*[(a, b, i, j) for a, b in pairs for i in range(top) for j in range(top)]))
+    a, b, ca, cb = _hypotheses(src, cand_sim[idx, 0], min(2, cand_xy.shape[1]), support_extent)
     transforms = _similarity_from_pairs(src[a], src[b], cand_xy[idx[a], ca], cand_xy[idx[b], cb])  # [H, 2, 3]
     scale = np.sqrt(np.abs(np.linalg.det(transforms[:, :, :2])))
     ok = (scale >= c.min_scale) & (scale <= c.max_scale)
     if not ok.any():
         return None
     transforms, scale = transforms[ok], scale[ok]
-    projected = np.einsum("hij,nj->hni", transforms[:, :, :2], src) + transforms[:, None, :, 2]  # [H, n, 2]
-    dist = np.linalg.norm(projected[:, :, None] - cand_xy[idx][None], axis=-1)  # [H, n, M]
+    dist = _distances(_transformed(transforms, src), cand_xy[idx])  # [H, n, M]
     radius = (c.inlier_radius * support_extent * scale)[:, None, None]
     explained = np.where(dist < radius, cand_sim[idx][None], 0.0).max(-1)  # [H, n]
     best = int(explained.sum(1).argmax())
@@ -297,6 +300,39 @@ def _fit_layout(
     inliers = np.zeros(len(usable), bool)
     inliers[idx] = inlier
     return fitted, support_extent * math.sqrt(abs(np.linalg.det(matrix[:, :2]))), inliers
+
+
+def _hypotheses(
+    src: np.ndarray, first_sim: np.ndarray, top: int, support_extent: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The RANSAC hypotheses as index arrays `[H]` (keypoints a < b of `src` and the candidate of each): every pair of
+    keypoints at least 0.15 of the layout's extent apart (every pair if none is) x each one's `top` candidates. With
+    many keypoints, only the pairs among the MAX_RANSAC_KEYPOINTS best-matched ones (by `first_sim`, the best
+    candidate's similarity): the cost grows with the square of the count. Built as arrays: the list of pairs cost
+    0.15 ms a call for 10 keypoints, a fifth of the whole fit."""
+    ranked = np.sort(np.argsort(-first_sim)[:MAX_RANSAC_KEYPOINTS])
+    a, b = (ranked[k] for k in np.triu_indices(len(ranked), 1))
+    far = np.linalg.norm(src[a] - src[b], axis=1) > 0.15 * support_extent
+    if far.any():
+        a, b = a[far], b[far]
+    ca, cb = np.divmod(np.arange(top * top), top)
+    return np.repeat(a, top * top), np.repeat(b, top * top), np.tile(ca, len(a)), np.tile(cb, len(a))
+
+
+def _transformed(transforms: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """`points` `[n, 2]` under each 2x3 affine of `transforms` `[H, 2, 3]`: `[H, n, 2]`. Written out per coordinate:
+    the same sums as `einsum("hij,nj->hni", ...)`, in a sixth of its time for a few hundred hypotheses."""
+    m = transforms[:, None]  # [H, 1, 2, 3]
+    x, y = points[:, 0], points[:, 1]
+    return np.stack([m[..., r, 0] * x + m[..., r, 1] * y + m[..., r, 2] for r in (0, 1)], -1)
+
+
+def _distances(points: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Euclidean distances `[H, n, M]` from `points` `[H, n, 2]` to each keypoint's `candidates` `[n, M, 2]` (the
+    sums `np.linalg.norm` forms, without its 4-D difference array)."""
+    dx = points[:, :, None, 0] - candidates[None, :, :, 0]
+    dy = points[:, :, None, 1] - candidates[None, :, :, 1]
+    return np.sqrt(dx * dx + dy * dy)
 
 
 def _similarity_from_pairs(p0: np.ndarray, p1: np.ndarray, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:

@@ -17,6 +17,10 @@ from cape_track.model.matching import (
     FinderConfig,
     KeypointFinder,
     MatchSupport,
+    _distances,
+    _hypotheses,
+    _local_maxima,
+    _transformed,
     hypercolumns,
     match_support,
     rotate_inputs,
@@ -99,6 +103,59 @@ def test_an_outlier_match_is_pulled_back_by_the_layout() -> None:
     # Without the pull (plain best match), it would have gone to the wrong peak.
     loose = _finder(layout_weight=0.0).locate(maps[None])
     assert np.linalg.norm(loose.keypoints[0, 2] - [40.0, 220.0]) < 6.0
+
+
+def _maxima_by_hand(sim: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `m` best 3x3 local maxima per map by looping over the cells (ties: the earlier cell first), fillers
+    repeating the best one."""
+    n, h, w = sim.shape
+    xy, values = np.zeros((n, m, 2)), np.zeros((n, m))
+    for k in range(n):
+        peaks = [
+            (-sim[k, y, x], y * w + x)
+            for y in range(h)
+            for x in range(w)
+            if sim[k, y, x] >= sim[k, max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2].max()
+        ]
+        best = sorted(peaks)[:m]
+        best += [best[0]] * (m - len(best))
+        for j, (v, flat) in enumerate(best):
+            xy[k, j] = np.array([flat % w, flat // w]) * STRIDE + (STRIDE - 1) / 2.0
+            values[k, j] = -v
+    return xy, values
+
+
+def test_local_maxima_are_the_best_peaks_of_each_map() -> None:
+    """Random maps, a plateau (two equal neighbouring maxima: both count, the earlier cell first), a map with a
+    single peak (fillers repeat it), peaks on the border, and more maps than OpenCV takes channels in one call."""
+    rng = np.random.default_rng(0)
+    sim = rng.random((600, 6, 5))
+    sim[1] = 0.0
+    sim[1, 2, 1:3] = 0.7  # a plateau of two cells
+    sim[2] = np.linspace(0.0, 1.0, 30).reshape(6, 5)  # one peak, in the corner
+    xy, values = _local_maxima(sim, 3, STRIDE)
+    want_xy, want_values = _maxima_by_hand(sim, 3)
+    np.testing.assert_array_equal(xy, want_xy)
+    np.testing.assert_array_equal(values, want_values)
+    assert np.array_equal(xy[1, :2], [[11.5, 19.5], [19.5, 19.5]]) and np.all(values[2] == 1.0)
+
+
+def test_the_ransac_hypotheses_are_the_far_apart_pairs_times_the_candidates() -> None:
+    src = np.array([[0.0, 0.0], [100.0, 0.0], [1.0, 0.0], [0.0, 100.0]])  # keypoints 0 and 2 nearly coincide
+    a, b, ca, cb = _hypotheses(src, np.array([0.9, 0.8, 0.7, 0.6]), 2, 100.0)
+    pairs = [(0, 1), (0, 3), (1, 2), (1, 3), (2, 3)]  # every pair but (0, 2), each a < b, in order
+    assert list(zip(a, b, ca, cb, strict=True)) == [(p, q, i, j) for p, q in pairs for i in (0, 1) for j in (0, 1)]
+    same = _hypotheses(np.zeros((3, 2)), np.ones(3), 1, 1.0)  # no pair far apart: every pair
+    assert list(zip(same[0], same[1], strict=True)) == [(0, 1), (0, 2), (1, 2)]
+
+
+def test_hypotheses_transform_and_measure_as_einsum_and_norm() -> None:
+    rng = np.random.default_rng(1)
+    transforms, points, candidates = rng.normal(size=(50, 2, 3)), rng.normal(size=(7, 2)), rng.normal(size=(7, 3, 2))
+    moved = np.einsum("hij,nj->hni", transforms[:, :, :2], points) + transforms[:, None, :, 2]
+    np.testing.assert_allclose(_transformed(transforms, points), moved, rtol=1e-12, atol=1e-12)
+    near = np.linalg.norm(moved[:, :, None] - candidates[None], axis=-1)
+    np.testing.assert_allclose(_distances(moved, candidates), near, rtol=1e-12, atol=1e-12)
 
 
 def test_refinement_places_a_peak_between_cells() -> None:
