@@ -228,20 +228,23 @@ class Decoded:
     count: int  # frames decoded
 
 
-def decode_stage(video: Path, limit: int | None, keep: bool = True) -> Decoded:
-    """Decode alone, with the optical-flow image the tracker's run has the reader thread make (`Source.prepare`): the
-    source thread fills its queue as fast as it can and the frames are only collected, or with `keep=False` only
-    counted (`frames` then holds the first one): the timed rounds, because holding a whole clip costs page faults on
-    fresh memory that the streaming pipeline, which frees its frames, does not pay. The first frame, read before the
-    source could be told, is prepared here (in the pipeline it is the tracker's, as are the few queued with it)."""
+def decode_stage(
+    video: Path, limit: int | None, prepare: Callable[[Frame], Frame] | None = None, keep: bool = True
+) -> Decoded:
+    """Decode alone, with what a tracker's run has the reader thread make (`prepare`: its `Tracker.prepare_frame`,
+    the optical-flow and half-size images): the source thread fills its queue as fast as it can and the frames are
+    only collected, or with `keep=False` only counted (`frames` then holds the first one): the timed rounds, because
+    holding a whole clip costs page faults on fresh memory that the streaming pipeline, which frees its frames, does
+    not pay. The first frame, read before the source could be told, is prepared here (in the pipeline it is the
+    tracker's, as are the few queued with it)."""
     cpu0, start = time.process_time(), time.perf_counter()
     source = VideoFileSource(video)
-    source.prepare = Tracker.prepare_frame
+    source.prepare = prepare
     try:
         frames, count = [], 0
         for frame in islice(source, limit):
             if keep or not frames:
-                frames.append(Tracker.prepare_frame(frame))
+                frames.append(prepare(frame) if prepare is not None else frame)
             count += 1
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
     finally:
@@ -532,6 +535,8 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
     track_tracker, _ = build(beside_encoder)
     tracks_tracker, _ = build(Variant())
     pipelines = {name: (build(v), v) for name, v in runs_wanted.items()}
+    # The stages alone see frames as the pipeline's reader thread hands them over.
+    decoded = replace(decoded, frames=[track_tracker.prepare_frame(frame) for frame in decoded.frames])
     backbone = None
     if "onnx" in opts.accels and onnx_available():
         depth = track_tracker.finder.config.depth if track_tracker.finder is not None else 1
@@ -559,7 +564,7 @@ def measure(opts: Options, log: Callable[[str], None] = lambda _: None) -> dict[
             # The stages the efficiency is computed from, then the two pipelines it is about, back to back: the
             # effective speed of this shared machine drifts by +-20 % over tens of seconds.
             now: dict[str, Stage] = {}
-            again = decode_stage(opts.video, opts.frames, keep=False)
+            again = decode_stage(opts.video, opts.frames, track_tracker.prepare_frame, keep=False)
             now["decode"] = Stage.timed(again.count, again.seconds, again.cpu)
             now["track"], tracked = track_stage(track_tracker, decoded, device)
             now["track_tracks_only"], _ = track_stage(tracks_tracker, decoded, device)
@@ -737,7 +742,7 @@ def format_table(report: dict) -> str:
         f"{'stage (alone)':<34}{'frames/s':>10}{'ms/frame':>10}{'CPU ms':>9}",
     ]
     for name, key in (
-        ("decode (+ flow image)", "decode"),
+        ("decode (+ flow, half image)", "decode"),
         ("model (crop + network, every fr.)", "model"),
         ("track (keyframes, flow, Kalman)", "track"),
         ("  on every core (tracks only)", "track_tracks_only"),

@@ -98,11 +98,12 @@ def _offset(xy: np.ndarray | torch.Tensor, box: SquareBox) -> np.ndarray | torch
     return np.array([box.x0, box.y0], dtype=np.float64)
 
 
-def crop_to_input(image: np.ndarray, box: SquareBox, input_size: int) -> np.ndarray:
+def crop_to_input(image: np.ndarray, box: SquareBox, input_size: int, half: np.ndarray | None = None) -> np.ndarray:
     """Cut `box` out of an `[H, W, C]` image and resize it to `[input_size, input_size, C]` (zeros outside).
 
     Bilinear when enlarging or shrinking by up to 2x; a larger shrink first halves the frame by 2x2 averaging as
-    often as needed, so small keypoint detail in a large frame is not aliased away.
+    often as needed, so small keypoint detail in a large frame is not aliased away. `half`, when given, is
+    `halved(image)` made ahead (a reader thread's `Frame.half`): the first halving is then not done here.
     """
     s = box.scale_to(input_size)
     m = box.matrix(input_size)
@@ -110,7 +111,7 @@ def crop_to_input(image: np.ndarray, box: SquareBox, input_size: int) -> np.ndar
     while s * 2**times < 0.5 and min(image.shape[:2]) >> times >= 2:
         times += 1
     if times:
-        image = halved(image, times)
+        image = halved(half, times - 1) if half is not None else halved(image, times)
         # A pixel of the halved image averages 2^t x 2^t frame pixels: its centre lies (2^t - 1) / 2 past their first.
         k = float(2**times)
         m = m @ np.array([[k, 0.0, (k - 1) / 2], [0.0, k, (k - 1) / 2], [0.0, 0.0, 1.0]])

@@ -87,3 +87,10 @@ def test_a_large_shrink_is_area_averaged_not_aliased() -> None:
     stripes[:, ::2] = 255  # one-pixel stripes: bilinear sampling alone would pick a stripe, averaging gives grey
     inner = crop_to_input(stripes, SquareBox(0.0, 0.0, 512.0), 64)[2:-2, 2:-2]  # the border blends with black
     assert abs(float(inner.mean()) - 127.5) < 2 and float(inner.std()) < 2
+
+
+@pytest.mark.parametrize("side", [200.0, 600.0, 1100.0, 2500.0])  # no halving, one, two, three
+def test_a_crop_from_the_half_size_image_made_ahead_is_the_same(side: float) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (721, 1281, 3), np.uint8)  # odd sizes: an edge is dropped
+    box = SquareBox(-150.0, 40.0, side)
+    np.testing.assert_array_equal(crop_to_input(image, box, 256, halved(image)), crop_to_input(image, box, 256))

@@ -15,7 +15,7 @@ import pytest
 from fixtures_media import write_clip, write_support
 
 from cape_track.model import CapeModel, SupportSet
-from cape_track.model.transforms import SquareBox
+from cape_track.model.transforms import SquareBox, halved
 from cape_track.tracker.flow import FlowImage
 from cape_track.tracker.frames import Frame, FrameResult
 from cape_track.tracker.pipeline import Tracker, TrackerConfig, TrackState, _Settling, keyframe_reason
@@ -165,6 +165,26 @@ def test_flow_images_made_by_the_reader_thread_change_nothing(tmp_path: Path, mo
     made.clear()
     alone = list(tracker.run(_Listed(frames, clip.fps)))
     assert made == [main] * 16
+    for a, b in zip(ahead, alone, strict=True):
+        np.testing.assert_array_equal(a.xy_frame, b.xy_frame)
+        assert (a.keyframe, a.box) == (b.keyframe, b.box)
+
+
+def test_the_reader_makes_half_size_images_of_large_frames_only(tmp_path: Path) -> None:
+    """Frames over twice the network's input get their half-size image for the crops ahead (`Frame.half`), smaller
+    ones none; a run on frames without them tracks the same."""
+    clip = write_clip(tmp_path, frames=8, size=(640, 360))
+    support = SupportSet.from_files([write_support(clip, tmp_path / "support")])
+    tracker = Tracker(CapeModel.from_checkpoint(None), support, TrackerConfig(keyframe_every=2))
+    with VideoFileSource(clip.path) as source:
+        frames = list(source)
+    prepared = tracker.prepare_frame(frames[0])
+    np.testing.assert_array_equal(prepared.half, halved(frames[0].image))
+    assert tracker.prepare_frame(prepared) is prepared  # nothing made twice
+    assert tracker.prepare_frame(frame(0)).half is None  # 320 px: no crop of it is halved often
+    with VideoFileSource(clip.path, queue_size=2) as source:
+        ahead = list(tracker.run(source))
+    alone = list(tracker.run(_Listed(frames, clip.fps)))
     for a, b in zip(ahead, alone, strict=True):
         np.testing.assert_array_equal(a.xy_frame, b.xy_frame)
         assert (a.keyframe, a.box) == (b.keyframe, b.box)

@@ -22,6 +22,9 @@ class Frame:
     # `image` prepared for optical flow where its source's reader thread made it ahead (`Source.prepare`), off the
     # tracker's critical chain; None: the tracker makes it when it needs it. A frame given a new image needs None.
     flow: FlowImage | None = None
+    # `image` halved once (`model.transforms.halved`), made ahead the same way, for crops of boxes over twice the
+    # network's input (`crop_to_input`); None: each such crop halves `image` itself. A new image needs None too.
+    half: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

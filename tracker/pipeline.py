@@ -19,7 +19,7 @@ import torch
 
 from cape_track.model import CapeModel, SupportSet
 from cape_track.model.matching import FinderConfig, Found, KeypointFinder
-from cape_track.model.transforms import SquareBox, crop_to_input, input_to_frame, normalize_images
+from cape_track.model.transforms import SquareBox, crop_to_input, halved, input_to_frame, normalize_images
 from cape_track.tracker.accel import Accelerator, HostResult, network_threads
 from cape_track.tracker.flow import FlowImage
 from cape_track.tracker.frames import Frame, FrameResult, TrackInfo
@@ -261,8 +261,7 @@ class Tracker:
                 # For the calls of the thread that runs the tracker (a run is a generator: from its first result to
                 # its end or `close`).
                 stack.enter_context(self.accel.network_threads(self.model, threads))
-                if self.smoother is not None and self.smoother.config.flow:
-                    self._hand_preparation(source, stack)
+                self._hand_preparation(source, stack)
                 for sink in sinks:
                     sink.open(info)
                     stack.callback(sink.close)
@@ -292,17 +291,24 @@ class Tracker:
             self._times.wall = time.perf_counter() - start
             self._times = StageTimes()  # the run's timers are its own from now on
 
-    @staticmethod
-    def prepare_frame(frame: Frame) -> Frame:
-        """`frame` with its optical-flow image (`Frame.flow`). A run hands it to its source (`Source.prepare`), whose
-        reader thread then makes the image ahead: on the `make run` sample, two cores, it is 0.6 ms a frame moved off
-        the critical chain (the main thread's, which the annotated video's encoder, on the other core, waits for)."""
-        return frame if frame.flow is not None else replace(frame, flow=FlowImage.from_rgb(frame.image))
+    def prepare_frame(self, frame: Frame) -> Frame:
+        """`frame` with what the tracker's chain would otherwise make from it: its optical-flow image (`Frame.flow`,
+        with the smoother's flow) and, in frames over twice the network's input, its half-size image for the crops
+        (`Frame.half`). A run hands this to its source (`Source.prepare`), whose reader thread then makes them ahead,
+        off the critical chain (the main thread's, which the annotated video's encoder, on the other core, waits
+        for). On the `make run` sample, two cores: 0.6 ms a frame for the flow image, 0.5 ms a keyframe for the half."""
+        flow, half = frame.flow, frame.half
+        if flow is None and self.smoother is not None and self.smoother.config.flow:
+            flow = FlowImage.from_rgb(frame.image)
+        if half is None and max(frame.image.shape[:2]) > 2 * self.model.input_size:
+            half = halved(frame.image)
+        return frame if flow is frame.flow and half is frame.half else replace(frame, flow=flow, half=half)
 
     # ------------------------------------------------------------------------------------------------ internals
     def _hand_preparation(self, source: Source, stack: ExitStack) -> None:
-        """Have `source`'s reader make the flow images for this run (`Source.prepare`), its own hook back after it. A
-        source that takes no hook (duck-typed, slots, a read-only attribute) is left alone: the tracker makes them."""
+        """Have `source`'s reader prepare the frames for this run (`Source.prepare`), its own hook back after it. A
+        source that takes no hook (duck-typed, slots, a read-only attribute) is left alone: the tracker makes what it
+        needs itself."""
         before = getattr(source, "prepare", None)
         try:
             source.prepare = self.prepare_frame
@@ -419,7 +425,7 @@ class Tracker:
         host = self.accel.staging((len(frames), s, s, 3))
         crops = host.numpy()  # [B, S, S, 3] uint8, written in place
         for i, (frame, box) in enumerate(zip(frames, boxes, strict=True)):
-            crops[i] = crop_to_input(frame.image, box, s)
+            crops[i] = crop_to_input(frame.image, box, s, frame.half)
         images = normalize_images(self.accel.upload(host).permute(0, 3, 1, 2))  # [B, 3, S, S] on the device
         mid = time.perf_counter()
         with self.accel.autocast(), torch.no_grad():
