@@ -182,6 +182,8 @@ def test_the_reader_makes_half_size_images_of_large_frames_only(tmp_path: Path) 
     np.testing.assert_array_equal(prepared.half, halved(frames[0].image))
     assert tracker.prepare_frame(prepared) is prepared  # nothing made twice
     assert tracker.prepare_frame(frame(0)).half is None  # 320 px: no crop of it is halved often
+    sliver = Frame(0, 0.0, np.zeros((1, 1000, 3), np.uint8))  # one row: nothing to halve
+    assert tracker.prepare_frame(sliver).half is None
     with VideoFileSource(clip.path, queue_size=2) as source:
         ahead = list(tracker.run(source))
     alone = list(tracker.run(_Listed(frames, clip.fps)))

@@ -304,8 +304,10 @@ class Tracker:
 
     # ------------------------------------------------------------------------------------------------ internals
     def _with_half(self, frame: Frame) -> Frame:
-        """`frame` with its half-size image (`Frame.half`) if it is over twice the network's input."""
-        if frame.half is not None or max(frame.image.shape[:2]) <= 2 * self.model.input_size:
+        """`frame` with its half-size image (`Frame.half`) if it is over twice the network's input (and at least two
+        pixels on each side: a crop never halves less)."""
+        shape = frame.image.shape[:2]
+        if frame.half is not None or max(shape) <= 2 * self.model.input_size or min(shape) < 2:
             return frame
         return replace(frame, half=halved(frame.image))
 
