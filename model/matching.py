@@ -243,8 +243,11 @@ class KeypointFinder:
 def _local_maxima(sim: np.ndarray, m: int, stride: float) -> tuple[np.ndarray, np.ndarray]:
     """The `m` highest 3x3 local maxima of each map `[N, h, w]`: positions `[N, m, 2]` input px and values (ties
     in the order of the cells). The 3x3 maximum is OpenCV's dilation over the maps as channels: 0.16 ms a call for 10
-    keypoints against 0.28 through torch's max pooling and top-k, the same maxima."""
+    keypoints against 0.28 through torch's max pooling and top-k, the same maxima of finite float32 maps (torch
+    ordered tied values its own way, and kept a NaN's neighbours from being maxima)."""
     n, h, w = sim.shape
+    if n == 0:
+        return np.zeros((0, m, 2)), np.zeros((0, m))
     channels_last = np.ascontiguousarray(sim.transpose(1, 2, 0))
     square = np.ones((3, 3), np.uint8)
     grown = np.concatenate(  # at most 128 channels per call (the most OpenCV 5 takes)
@@ -306,7 +309,7 @@ def _hypotheses(
     src: np.ndarray, first_sim: np.ndarray, top: int, support_extent: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The RANSAC hypotheses as index arrays `[H]` (keypoints a < b of `src` and the candidate of each): every pair of
-    keypoints at least 0.15 of the layout's extent apart (every pair if none is) x each one's `top` candidates. With
+    keypoints more than 0.15 of the layout's extent apart (every pair if none is) x each one's `top` candidates. With
     many keypoints, only the pairs among the MAX_RANSAC_KEYPOINTS best-matched ones (by `first_sim`, the best
     candidate's similarity): the cost grows with the square of the count. Built as arrays: the list of pairs cost
     0.15 ms a call for 10 keypoints, a fifth of the whole fit."""

@@ -127,9 +127,9 @@ def _maxima_by_hand(sim: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_local_maxima_are_the_best_peaks_of_each_map() -> None:
     """Random maps, a plateau (two equal neighbouring maxima: both count, the earlier cell first), a map with a
-    single peak (fillers repeat it), peaks on the border, and more maps than OpenCV takes channels in one call."""
+    single peak (fillers repeat it), peaks on the border, more maps than OpenCV takes channels in one call, none."""
     rng = np.random.default_rng(0)
-    sim = rng.random((600, 6, 5))
+    sim = rng.random((641, 6, 5))  # 5 x 128 + 1: the last chunk has one channel
     sim[1] = 0.0
     sim[1, 2, 1:3] = 0.7  # a plateau of two cells
     sim[2] = np.linspace(0.0, 1.0, 30).reshape(6, 5)  # one peak, in the corner
@@ -138,6 +138,7 @@ def test_local_maxima_are_the_best_peaks_of_each_map() -> None:
     np.testing.assert_array_equal(xy, want_xy)
     np.testing.assert_array_equal(values, want_values)
     assert np.array_equal(xy[1, :2], [[11.5, 19.5], [19.5, 19.5]]) and np.all(values[2] == 1.0)
+    assert [a.shape for a in _local_maxima(sim[:0], 3, STRIDE)] == [(0, 3, 2), (0, 3)]
 
 
 def test_the_ransac_hypotheses_are_the_far_apart_pairs_times_the_candidates() -> None:

@@ -170,10 +170,10 @@ def test_flow_images_made_by_the_reader_thread_change_nothing(tmp_path: Path, mo
         assert (a.keyframe, a.box) == (b.keyframe, b.box)
 
 
-def test_the_reader_makes_half_size_images_of_large_frames_only(tmp_path: Path) -> None:
+def test_the_reader_makes_half_size_images_of_large_frames_only(tmp_path: Path, monkeypatch) -> None:
     """Frames over twice the network's input get their half-size image for the crops ahead (`Frame.half`), smaller
-    ones none; a run on frames without them tracks the same."""
-    clip = write_clip(tmp_path, frames=8, size=(640, 360))
+    ones none; keyframes whose box is over twice the input are cropped from it, and track as frames without it."""
+    clip = write_clip(tmp_path, frames=8, size=(1280, 720))
     support = SupportSet.from_files([write_support(clip, tmp_path / "support")])
     tracker = Tracker(CapeModel.from_checkpoint(None), support, TrackerConfig(keyframe_every=2))
     with VideoFileSource(clip.path) as source:
@@ -184,9 +184,23 @@ def test_the_reader_makes_half_size_images_of_large_frames_only(tmp_path: Path) 
     assert tracker.prepare_frame(frame(0)).half is None  # 320 px: no crop of it is halved often
     sliver = Frame(0, 0.0, np.zeros((1, 1000, 3), np.uint8))  # one row: nothing to halve
     assert tracker.prepare_frame(sliver).half is None
+    with pytest.raises(ValueError, match="does not halve"):  # a new image with the old one's half
+        replace(prepared, image=prepared.image[:600])
+    crops: list[tuple[int, float, bool]] = []  # (frame, box side, with a half-size image) of each network crop
+    real = Tracker._predict
+    monkeypatch.setattr(
+        Tracker,
+        "_predict",
+        lambda self, fs, boxes: (
+            crops.extend((f.index, b.size, f.half is not None) for f, b in zip(fs, boxes)) or real(self, fs, boxes)
+        ),
+    )
     with VideoFileSource(clip.path, queue_size=2) as source:
         ahead = list(tracker.run(source))
+    assert any(i > 0 and side > 512 and half for i, side, half in crops)  # the reader's, on later keyframes
+    crops.clear()
     alone = list(tracker.run(_Listed(frames, clip.fps)))
+    assert not any(half for i, _, half in crops if i > 0)  # every crop halved the frame itself
     for a, b in zip(ahead, alone, strict=True):
         np.testing.assert_array_equal(a.xy_frame, b.xy_frame)
         assert (a.keyframe, a.box) == (b.keyframe, b.box)

@@ -26,6 +26,10 @@ class Frame:
     # network's input (`crop_to_input`); None: each such crop halves `image` itself. A new image needs None too.
     half: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        if self.half is not None and self.half.shape[:2] != (self.image.shape[0] // 2, self.image.shape[1] // 2):
+            raise ValueError(f"half-size image {self.half.shape[:2]} does not halve the frame {self.image.shape[:2]}")
+
 
 @dataclass(frozen=True)
 class FrameResult:

@@ -100,7 +100,7 @@ class StageTimes:
     the pipeline can approach the slowest single stage rather than the sum."""
 
     frames: int = 0
-    decode: float = 0.0  # source thread: demux, decode, colour conversion, the flow image (`Source.prepare`)
+    decode: float = 0.0  # source thread: demux, decode, colour conversion, the flow and half images (`Source.prepare`)
     prepare: float = 0.0  # ROI crops, resize, copy to the device, normalisation
     model: float = 0.0  # predict, plus waiting for its results
     smooth: float = 0.0  # optical flow (and the flow images the source did not make) + Kalman filter (+ RTS offline)
@@ -296,7 +296,8 @@ class Tracker:
         with the smoother's flow) and, in frames over twice the network's input, its half-size image for the crops
         (`Frame.half`). A run hands this to its source (`Source.prepare`), whose reader thread then makes them ahead,
         off the critical chain (the main thread's, which the annotated video's encoder, on the other core, waits
-        for). On the `make run` sample, two cores: 0.6 ms a frame for the flow image, 0.5 ms a keyframe for the half."""
+        for). On the `make run` sample, two cores, each costs the reader about 0.5 ms a frame; the flow image is
+        used on every frame, the half only by keyframes whose box is over twice the input (most of them there)."""
         flow = frame.flow
         if flow is None and self.smoother is not None and self.smoother.config.flow:
             flow = FlowImage.from_rgb(frame.image)
@@ -466,7 +467,6 @@ class Tracker:
         nothing else has work (no frame is tracked yet to draw or encode). On the `make run` sample, two cores,
         interleaved runs: first result after 391 ms instead of 582 (medians of 5), 51.4 instead of 42.2 fps with the
         annotated video."""
-        frame = self._with_half(frame)  # halved once for the ~20 crops (the first frames come unprepared)
         height, width = frame.image.shape[:2]
         boxes = [whole_frame(width, height)]
         if self.finder is not None:
@@ -510,7 +510,10 @@ class Tracker:
             # Submitted from an older state while a batch in flight searched (`_track_batches`): the whole-frame
             # look it went without is taken now, so the search keeps to `search_every`.
             submitted = replace(submitted, result=self._predict(frames, submitted.boxes))
-        searched = {i: self._search(frame) for i, frame in enumerate(frames) if due[i]}
+        # A searched frame halved once for the search's ~20 crops and its closer look (the first frames come before
+        # the reader was told to prepare them).
+        looked = [self._with_half(frame) if due[i] else frame for i, frame in enumerate(frames)]
+        searched = {i: self._search(looked[i]) for i in range(len(frames)) if due[i]}
         if submitted.result is None:  # every frame searched
             xy_input = np.concatenate([best.keypoints for _, best in searched.values()])
             scores = np.concatenate([best.scores for _, best in searched.values()])
@@ -540,7 +543,7 @@ class Tracker:
                 redo.append(i)
         if not redo:
             return _Looked(boxes, xy_input, scores, replace(state, last_search=last_search))
-        result = self._predict([submitted.frames[i] for i in redo], [boxes[i] for i in redo])
+        result = self._predict([looked[i] for i in redo], [boxes[i] for i in redo])
         # Batches submitted before the closer look is back are placed from the first look at the batch's last frame
         # (searched, or as the batch's call saw it), and know of the batch's searches (`_submit` asks whether theirs
         # are due).

@@ -39,8 +39,8 @@ class Source:
     and `prepare`; a stage timer).
 
     `prepare`, when a consumer sets it, is applied by a file or folder source's reader thread to every frame it has
-    yet to read (the tracker's flow image: work taken off the tracker's critical chain onto a thread that has a
-    core to spare); other sources, and frames read before it was set, come as they are.
+    yet to read (the tracker's flow and half-size images: work taken off the tracker's critical chain onto a thread
+    that has a core to spare); other sources, and frames read before it was set, come as they are.
     """
 
     name: str
