@@ -286,8 +286,8 @@ def decoder_threads(cores: int) -> int:
     """FFmpeg's decoding threads on `cores` usable cores. One (the reader thread itself) on two cores or fewer, where
     the 720p sample decodes at 410 fps on it, six times what the pipeline takes, and the other core is the tracker's:
     with the annotated video, interleaved in one process, medians of 8, 65.0 against 62.2 fps with FFmpeg's three
-    (docs/speed.md). Above, FFmpeg's own count (cores + 1, at most 16) over the usable cores: it counts
-    the affinity, not a quota."""
+    (1.045x; docs/speed.md, 2026-12-04, third session). Above, FFmpeg's own count (cores + 1, at most 16) over the
+    usable cores: it counts the affinity, not a quota."""
     return 1 if cores <= 2 else min(16, cores + 1)
 
 
