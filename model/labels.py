@@ -3,23 +3,38 @@ DeepLabCut `CollectedData_*.h5` / `.csv`, or a SLEAP `.slp`. One labelled frame 
 skeleton of the file, so nothing has to be clicked again.
 
 Which frame: `index` (the n-th labelled frame in the file, 0 by default) or `image` (its image file name).
+
+A SLEAP file's frames may live in a video. sleap-io reads the containers its backends know (MP4, AVI, MOV, MKV); the
+caller can pass its own `read_frame` for the rest, so that a `.slp` written for a WebM or MPEG-TS clip (by
+`cape-track --export sleap`, say) still gives its support. The model layer decodes no video itself: the tracker's
+reader does, with the rotation and colours that it tracks with.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import SupportFileError
 from .support import SupportSet, _check_readable, load_image
 
+if TYPE_CHECKING:
+    from sleap_io import LabeledFrame
+
 MAX_LABELS_BYTES = 512 << 20  # labels files carry many frames, and SLEAP's may embed images
 
+FrameReader = Callable[[str, int], np.ndarray]  # (video file, 0-based frame index) -> [H, W, 3] uint8 RGB
 
-def support_from_labels(path: str | Path, index: int | None = None, image: str | None = None) -> SupportSet:
-    """The labelled frame of `path` chosen by `index` or `image` name, as a 1-shot `SupportSet`."""
+
+def support_from_labels(
+    path: str | Path, index: int | None = None, image: str | None = None, read_frame: FrameReader | None = None
+) -> SupportSet:
+    """The labelled frame of `path` chosen by `index` or `image` name, as a 1-shot `SupportSet`; `read_frame` reads
+    a SLEAP frame's video where sleap-io cannot."""
     path = Path(path)
     try:
         _check_readable(path, "labels file", MAX_LABELS_BYTES)
@@ -27,7 +42,7 @@ def support_from_labels(path: str | Path, index: int | None = None, image: str |
         raise SupportFileError(f"{path}: no such labels file (check the path)") from None
     suffix = path.suffix.lower()
     if suffix == ".slp":
-        return _from_sleap(path, index, image)
+        return _from_sleap(path, index, image, read_frame)
     if suffix in (".h5", ".hdf5") or (suffix == ".csv" and _looks_like_dlc(path)):
         return _from_deeplabcut(path, index, image)
     if suffix == ".json":
@@ -149,7 +164,7 @@ def _dlc_skeleton(path: Path, names: list[str]) -> list[tuple[int, int]]:
 
 
 # ----------------------------------------------------------------------------------------------------- SLEAP
-def _from_sleap(path: Path, index: int | None, image: str | None) -> SupportSet:
+def _from_sleap(path: Path, index: int | None, image: str | None, read_frame: FrameReader | None) -> SupportSet:
     try:
         import sleap_io as sio
     except ImportError:
@@ -170,10 +185,7 @@ def _from_sleap(path: Path, index: int | None, image: str | None) -> SupportSet:
     names = list(skeleton.node_names)
     xy = np.asarray(instance.numpy(), dtype=np.float64)
     visible = np.isfinite(xy).all(axis=1)
-    try:
-        picture = chosen.image
-    except Exception:  # noqa: BLE001 - sleap-io's video backends raise many kinds for a missing or bad video
-        picture = None
+    picture = _sleap_image(chosen, read_frame)
     if picture is None:
         raise SupportFileError(
             f"{path}: the frame's image cannot be read (is its video at {_video_name(chosen.video)}?)"
@@ -185,6 +197,22 @@ def _from_sleap(path: Path, index: int | None, image: str | None) -> SupportSet:
     return SupportSet.from_arrays(
         np.ascontiguousarray(picture, dtype=np.uint8), np.where(visible[:, None], xy, 0.0), visible, names, edges
     )
+
+
+def _sleap_image(frame: LabeledFrame, read_frame: FrameReader | None) -> np.ndarray | None:
+    """The image of a SLEAP labelled frame: by sleap-io, else (a video in a container its backends do not know) by
+    `read_frame`; None when neither can."""
+    try:
+        picture = frame.image
+    except Exception:  # noqa: BLE001 - sleap-io's video backends raise many kinds for a missing or bad video
+        picture = None
+    filename = getattr(frame.video, "filename", None)
+    if picture is None and read_frame is not None and isinstance(filename, str) and Path(filename).is_file():
+        try:
+            picture = read_frame(filename, frame.frame_idx)
+        except Exception:  # noqa: BLE001 - the caller's reader: whatever it raises, this frame cannot be read
+            picture = None
+    return picture
 
 
 def _frame_tag(video: object, frame_idx: int) -> str:

@@ -16,6 +16,7 @@ from cape_track.model import CapeModel, SupportFileError, SupportSet
 from cape_track.model.labels import support_from_labels
 from cape_track.tracker import SourceError, cli
 from cape_track.tracker.sinks import output_paths
+from cape_track.tracker.sources import read_frame
 
 
 @pytest.fixture
@@ -157,3 +158,24 @@ def test_bad_labels_are_one_line_errors(tmp_path: Path, reference) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(SupportFileError, match="not a labels file"):
         support_from_labels(tmp_path / "notes.txt")
+
+
+def test_a_sleap_file_on_a_video_sleap_io_cannot_open(tmp_path: Path) -> None:
+    """sleap-io opens MP4, AVI, MOV and MKV videos only. Handed the tracker's reader, a `.slp` on another container
+    (MPEG-TS here, as `--export sleap` writes for such a clip) still gives its frame; without it, a one-line error."""
+    sio = pytest.importorskip("sleap_io")
+    clip = write_clip(tmp_path, frames=4, path=tmp_path / "clip.ts")
+    skeleton = sio.Skeleton(nodes=["a", "b"], edges=[("a", "b")])
+    video = sio.Video(filename=str(clip.path), open_backend=False)
+    points = np.array([[10.0, 20.0], [30.0, 40.0]])
+    frame = sio.LabeledFrame(video=video, frame_idx=2, instances=[sio.Instance.from_numpy(points, skeleton=skeleton)])
+    path = tmp_path / "labels.slp"
+    sio.save_slp(sio.Labels(labeled_frames=[frame], videos=[video], skeletons=[skeleton]), str(path))
+    with pytest.raises(SupportFileError, match="the frame's image cannot be read"):
+        support_from_labels(path)
+    support = support_from_labels(path, read_frame=read_frame)
+    expected = read_frame(clip.path, 2)
+    assert not np.array_equal(expected, read_frame(clip.path, 0))  # the frame index is what picks the image
+    np.testing.assert_array_equal(support.images[0], expected)
+    np.testing.assert_allclose(support.keypoints[0], points)
+    assert support.names == ("a", "b") and support.skeleton == ((0, 1),)

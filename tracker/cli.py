@@ -448,7 +448,7 @@ def _support(args: argparse.Namespace, first_input: str | int) -> SupportSet:
     from cape_track.tracker.sources import read_frame
 
     if args.support_labels:
-        return support_from_labels(args.support_labels, args.labels_frame, args.labels_image)
+        return support_from_labels(args.support_labels, args.labels_frame, args.labels_image, read_frame)
     if args.support_frame is not None:
         image = read_frame(first_input, args.support_frame)
         points = KeypointFile.load(args.keypoints[0], (image.shape[1], image.shape[0]))
