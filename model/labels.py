@@ -52,6 +52,8 @@ def support_from_labels(
 
 def _pick(names: list[str], index: int | None, image: str | None, where: Path) -> int:
     """Position of the chosen frame among `names` (image file names, in file order)."""
+    if not names:
+        raise SupportFileError(f"{where}: no labelled frame (no row, annotation or frame in it has keypoints)")
     if image is not None:
         base = [Path(n).name for n in names]
         if image in names:
@@ -86,26 +88,71 @@ def _from_coco(path: Path, index: int | None, image: str | None) -> SupportSet:
         raise SupportFileError(f"{path}: not a readable COCO file ({type(exc).__name__})") from None
     except (KeyError, TypeError):
         raise SupportFileError(f"{path}: not a COCO keypoints file (needs images, annotations, categories)") from None
+    parts = (images, annotations, categories)
+    if not all(isinstance(part, list) and all(isinstance(x, dict) for x in part) for part in parts):
+        raise SupportFileError(f"{path}: not a COCO keypoints file (images, annotations, categories: lists of objects)")
     try:
         with_points = {a["image_id"] for a in annotations if a.get("num_keypoints", 1) and a.get("keypoints")}
         labelled = [im for im in images if im["id"] in with_points]
-        if not labelled:
-            raise SupportFileError(f"{path}: no image has keypoint annotations")
-        chosen = labelled[_pick([im["file_name"] for im in labelled], index, image, path)]
-        ann = next(a for a in annotations if a["image_id"] == chosen["id"] and a.get("keypoints"))
-        category = next(c for c in categories if c["id"] == ann["category_id"])
-        names = list(category["keypoints"])
-        triples = np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3)
-        skeleton = [(int(a) - 1, int(b) - 1) for a, b in category.get("skeleton", [])]  # COCO is 1-indexed
-    except (KeyError, TypeError, ValueError, StopIteration) as exc:
+        files = [im["file_name"] for im in labelled]
+        ids = [im["id"] for im in labelled]
+    except (KeyError, TypeError, AttributeError) as exc:
         raise SupportFileError(f"{path}: malformed COCO keypoints ({type(exc).__name__}: {exc})") from None
+    if not labelled:
+        raise SupportFileError(f"{path}: no image has keypoint annotations")
+    if not all(isinstance(f, str) and f for f in files):
+        bad = next(f for f in files if not (isinstance(f, str) and f))
+        raise SupportFileError(f"{path}: an image's file_name is {bad!r}, not a file name")
+    chosen = _pick(files, index, image, path)
+    name = files[chosen]
+    ann = next(a for a in annotations if a.get("image_id") == ids[chosen] and a.get("keypoints"))
+    category = next((c for c in categories if c.get("id") == ann.get("category_id")), None)
+    if category is None or not isinstance(category.get("keypoints"), list):
+        raise SupportFileError(
+            f"{path}: the annotation of {name!r} has category_id {ann.get('category_id')!r}, which no category with "
+            "keypoint names has"
+        )
+    names = [str(n) for n in category["keypoints"]]
+    numbers = ann["keypoints"]
+    if not isinstance(numbers, list) or len(numbers) % 3:
+        count = len(numbers) if isinstance(numbers, list) else type(numbers).__name__
+        raise SupportFileError(f"{path}: the annotation of {name!r} has {count} keypoint numbers, not x, y, v triples")
+    try:
+        triples = np.asarray(numbers, dtype=np.float64).reshape(-1, 3)
+    except (TypeError, ValueError):
+        bad = next(v for v in numbers if not isinstance(v, (int, float)) or isinstance(v, bool))
+        raise SupportFileError(
+            f"{path}: the annotation of {name!r} has a keypoint value {bad!r} (write numbers)"
+        ) from None
     if len(triples) != len(names):
         raise SupportFileError(f"{path}: {len(triples)} keypoints annotated, the category names {len(names)}")
-    picture = load_image(_find_image(path, chosen["file_name"]))
+    edges = category.get("skeleton") or []
+    where = f"{path}: category {category.get('name', '?')!r}"
+    if not isinstance(edges, list):
+        raise SupportFileError(f"{where} has the skeleton {edges!r}, not a list of [a, b] keypoint numbers")
+    for edge in edges:
+        if not _coco_edge(edge, len(names)):
+            raise SupportFileError(
+                f"{where}: skeleton edge {edge!r} is not a pair of keypoint numbers from 1 to {len(names)} "
+                "(COCO counts keypoints from 1)"
+            )
+    skeleton = [(int(a) - 1, int(b) - 1) for a, b in edges]
+    picture = load_image(_find_image(path, name))
     return SupportSet.from_arrays(picture, triples[:, :2], triples[:, 2] > 0, names, skeleton)
 
 
-# ----------------------------------------------------------------------------------------------------- DeepLabCut
+def _coco_edge(edge: object, count: int) -> bool:
+    """A COCO skeleton edge: two keypoint numbers in 1..count (whole numbers; some tools write them as 2.0)."""
+    return (
+        isinstance(edge, list)
+        and len(edge) == 2
+        and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() and 1 <= v <= count
+            for v in edge
+        )
+    )
+
+
 def _looks_like_dlc(path: Path) -> bool:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:

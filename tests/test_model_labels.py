@@ -12,7 +12,7 @@ import pytest
 import torch
 from fixtures_media import write_clip, write_support
 
-from cape_track.model import CapeModel, SupportFileError, SupportSet
+from cape_track.model import CapeError, CapeModel, SupportFileError, SupportSet
 from cape_track.model.labels import support_from_labels
 from cape_track.tracker import SourceError, cli
 from cape_track.tracker.sinks import output_paths
@@ -158,6 +158,77 @@ def test_bad_labels_are_one_line_errors(tmp_path: Path, reference) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(SupportFileError, match="not a labels file"):
         support_from_labels(tmp_path / "notes.txt")
+
+
+def _set(data: dict, where: tuple, value: object) -> dict:
+    target = data
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        (("annotations", 0, "category_id"), 9, "has category_id 9, which no category with keypoint names has"),
+        (("annotations", 0, "keypoints"), [1.0] * 11, "has 11 keypoint numbers, not x, y, v triples"),
+        (("annotations", 0, "keypoints", 4), "a", "has a keypoint value 'a'"),
+        (
+            ("categories", 0, "skeleton"),
+            [[0, 9]],
+            r"skeleton edge \[0, 9\] is not a pair of keypoint numbers from 1 to",
+        ),
+        (("categories", 0, "skeleton"), 5, "has the skeleton 5, not a list"),
+        (("images", 1, "file_name"), 7, "an image's file_name is 7, not a file name"),
+        (("images",), "x", "lists of objects"),
+    ],
+)
+def test_malformed_coco_says_what_is_wrong(reference, where: tuple, value: object, message: str) -> None:
+    _, ref = reference
+    path = _write_coco(reference[0].parent / "project", ref)
+    path.write_text(json.dumps(_set(json.loads(path.read_text()), where, value)))
+    with pytest.raises(SupportFileError, match=message):
+        support_from_labels(path)
+
+
+def test_no_damage_to_a_coco_file_escapes_as_anything_but_a_one_line_error(reference) -> None:
+    """Seeded random damage (values replaced by other JSON types, entries removed) to a valid COCO file: each gives
+    a support or a one-line `CapeError`, never another exception."""
+    _, ref = reference
+    path = _write_coco(reference[0].parent / "project", ref)
+    valid = json.loads(path.read_text())
+
+    def places(node: object, at: tuple = ()) -> list[tuple]:
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+        return [at] * bool(at) + [p for key, child in children for p in places(child, (*at, key))]
+
+    spots = places(valid)
+    junk = [None, -1, 2.5, "x", "", [], {}, [1], [[1, 2]], float("nan"), float("inf"), True, 10**30]
+    rng = np.random.default_rng(0)
+    outcomes = {"support": 0, "error": 0}
+    for _ in range(300):
+        data = json.loads(json.dumps(valid))
+        for _ in range(rng.integers(1, 4)):
+            where = spots[rng.integers(len(spots))]
+            try:
+                parent = data
+                for key in where[:-1]:
+                    parent = parent[key]
+                if rng.random() < 0.2:
+                    del parent[where[-1]]
+                else:
+                    parent[where[-1]] = json.loads(json.dumps(junk[rng.integers(len(junk))]))
+            except (KeyError, IndexError, TypeError):  # an earlier change removed or replaced the path
+                pass
+        path.write_text(json.dumps(data))
+        try:
+            support_from_labels(path)
+            outcomes["support"] += 1
+        except CapeError as exc:
+            assert "\n" not in str(exc)
+            outcomes["error"] += 1
+    assert outcomes["support"] and outcomes["error"]  # both kinds of damage occurred
 
 
 def test_a_sleap_file_on_a_video_sleap_io_cannot_open(tmp_path: Path) -> None:
