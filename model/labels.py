@@ -13,13 +13,14 @@ reader does, with the rotation and colours that it tracks with.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import SupportFileError
+from .errors import CapeError, SupportFileError
 from .support import SupportSet, _check_readable, load_image
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def support_from_labels(
 def _pick(names: list[str], index: int | None, image: str | None, where: Path) -> int:
     """Position of the chosen frame among `names` (image file names, in file order)."""
     if not names:
-        raise SupportFileError(f"{where}: no labelled frame (no row, annotation or frame in it has keypoints)")
+        raise SupportFileError(f"{where}: no labelled frame")
     if image is not None:
         base = [Path(n).name for n in names]
         if image in names:
@@ -74,13 +75,15 @@ def _find_image(where: Path, name: str) -> Path:
     candidates = [where.parent / name, where.parent / "images" / name, where.parent / Path(name).name]
     candidates += [where.parent.parent / name, where.parent.parent / "images" / Path(name).name]
     for candidate in candidates:
-        if candidate.is_file():
+        if os.path.isfile(candidate):  # never raises (Path.is_file does, for a name over 255 bytes)
             return candidate
     raise SupportFileError(f"{where}: cannot find its image {name!r} (put it beside the labels file or in images/)")
 
 
 # ----------------------------------------------------------------------------------------------------- COCO
 def _from_coco(path: Path, index: int | None, image: str | None) -> SupportSet:
+    """A COCO keypoints file, as CVAT, Label Studio and the COCO tools write it. Files come from many tools and get
+    edited by hand, so each part is checked for what it must be before use, and a wrong one is named."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         images, annotations, categories = data["images"], data["annotations"], data["categories"]
@@ -91,36 +94,40 @@ def _from_coco(path: Path, index: int | None, image: str | None) -> SupportSet:
     parts = (images, annotations, categories)
     if not all(isinstance(part, list) and all(isinstance(x, dict) for x in part) for part in parts):
         raise SupportFileError(f"{path}: not a COCO keypoints file (images, annotations, categories: lists of objects)")
+    by_image: dict[object, dict] = {}  # image id -> its first annotation with keypoints
     try:
-        with_points = {a["image_id"] for a in annotations if a.get("num_keypoints", 1) and a.get("keypoints")}
-        labelled = [im for im in images if im["id"] in with_points]
-        files = [im["file_name"] for im in labelled]
-        ids = [im["id"] for im in labelled]
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise SupportFileError(f"{path}: malformed COCO keypoints ({type(exc).__name__}: {exc})") from None
+        for a in annotations:
+            if a.get("num_keypoints", 1) and a.get("keypoints"):
+                by_image.setdefault(a["image_id"], a)
+        labelled = [im for im in images if im["id"] in by_image]
+    except KeyError as exc:
+        raise SupportFileError(f"{path}: an image or annotation has no {exc} (COCO needs one on each)") from None
+    except TypeError:  # an id that is a list or an object
+        raise SupportFileError(f"{path}: an image id or annotation image_id is not a number or a string") from None
     if not labelled:
         raise SupportFileError(f"{path}: no image has keypoint annotations")
+    files = [im.get("file_name") for im in labelled]
     if not all(isinstance(f, str) and f for f in files):
         bad = next(f for f in files if not (isinstance(f, str) and f))
         raise SupportFileError(f"{path}: an image's file_name is {bad!r}, not a file name")
     chosen = _pick(files, index, image, path)
     name = files[chosen]
-    ann = next(a for a in annotations if a.get("image_id") == ids[chosen] and a.get("keypoints"))
+    ann = by_image[labelled[chosen]["id"]]
     category = next((c for c in categories if c.get("id") == ann.get("category_id")), None)
     if category is None or not isinstance(category.get("keypoints"), list):
         raise SupportFileError(
             f"{path}: the annotation of {name!r} has category_id {ann.get('category_id')!r}, which no category with "
             "keypoint names has"
         )
-    names = [str(n) for n in category["keypoints"]]
+    names = list(category["keypoints"])
     numbers = ann["keypoints"]
     if not isinstance(numbers, list) or len(numbers) % 3:
         count = len(numbers) if isinstance(numbers, list) else type(numbers).__name__
         raise SupportFileError(f"{path}: the annotation of {name!r} has {count} keypoint numbers, not x, y, v triples")
     try:
         triples = np.asarray(numbers, dtype=np.float64).reshape(-1, 3)
-    except (TypeError, ValueError):
-        bad = next(v for v in numbers if not isinstance(v, (int, float)) or isinstance(v, bool))
+    except (TypeError, ValueError, OverflowError):  # a string, a list, or an integer beyond a float's range
+        bad = next((v for v in numbers if not isinstance(v, float) and not _small_int(v)), numbers)
         raise SupportFileError(
             f"{path}: the annotation of {name!r} has a keypoint value {bad!r} (write numbers)"
         ) from None
@@ -147,10 +154,15 @@ def _coco_edge(edge: object, count: int) -> bool:
         isinstance(edge, list)
         and len(edge) == 2
         and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() and 1 <= v <= count
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 1 <= v <= count and float(v).is_integer()
             for v in edge
         )
     )
+
+
+def _small_int(value: object) -> bool:
+    """An integer (not a bool) that a float holds."""
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2.0**1023
 
 
 def _looks_like_dlc(path: Path) -> bool:
@@ -223,8 +235,6 @@ def _from_sleap(path: Path, index: int | None, image: str | None, read_frame: Fr
     except Exception as exc:  # noqa: BLE001 - sleap-io raises many kinds for a damaged file: all mean "unreadable"
         raise SupportFileError(f"{path}: not a readable SLEAP file ({type(exc).__name__})") from None
     frames = [lf for lf in labels.labeled_frames if lf.user_instances or lf.instances]
-    if not frames:
-        raise SupportFileError(f"{path}: no labelled frame")
     tags = [_frame_tag(lf.video, lf.frame_idx) for lf in frames]
     chosen = frames[_pick(tags, index, image, path)]
     instance = (chosen.user_instances or chosen.instances)[0]
@@ -254,10 +264,12 @@ def _sleap_image(frame: LabeledFrame, read_frame: FrameReader | None) -> np.ndar
     except Exception:  # noqa: BLE001 - sleap-io's video backends raise many kinds for a missing or bad video
         picture = None
     filename = getattr(frame.video, "filename", None)
-    if picture is None and read_frame is not None and isinstance(filename, str) and Path(filename).is_file():
+    if picture is None and read_frame is not None and isinstance(filename, str) and os.path.isfile(filename):
         try:
             picture = read_frame(filename, frame.frame_idx)
-        except Exception:  # noqa: BLE001 - the caller's reader: whatever it raises, this frame cannot be read
+        except CapeError:  # the reader's own one-line error ("has no frame 9 ...") says more than ours would
+            raise
+        except Exception:  # noqa: BLE001 - any other failure of the caller's reader: this frame cannot be read
             picture = None
     return picture
 

@@ -158,6 +158,9 @@ def test_bad_labels_are_one_line_errors(tmp_path: Path, reference) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(SupportFileError, match="not a labels file"):
         support_from_labels(tmp_path / "notes.txt")
+    (tmp_path / "CollectedData_me.csv").write_text("scorer,me,me\nbodyparts,nose,nose\ncoords,x,y\n")  # no rows
+    with pytest.raises(SupportFileError, match="no labelled frame"):
+        support_from_labels(tmp_path / "CollectedData_me.csv")
 
 
 def _set(data: dict, where: tuple, value: object) -> dict:
@@ -182,6 +185,9 @@ def _set(data: dict, where: tuple, value: object) -> dict:
         (("categories", 0, "skeleton"), 5, "has the skeleton 5, not a list"),
         (("images", 1, "file_name"), 7, "an image's file_name is 7, not a file name"),
         (("images",), "x", "lists of objects"),
+        (("annotations", 0, "keypoints", 0), 10**400, "has a keypoint value 1000"),  # beyond a float's range
+        (("categories", 0, "skeleton"), [[1, 10**400]], "skeleton edge"),
+        (("images", 1, "id"), [1], "an image id or annotation image_id is not a number or a string"),
     ],
 )
 def test_malformed_coco_says_what_is_wrong(reference, where: tuple, value: object, message: str) -> None:
@@ -204,7 +210,7 @@ def test_no_damage_to_a_coco_file_escapes_as_anything_but_a_one_line_error(refer
         return [at] * bool(at) + [p for key, child in children for p in places(child, (*at, key))]
 
     spots = places(valid)
-    junk = [None, -1, 2.5, "x", "", [], {}, [1], [[1, 2]], float("nan"), float("inf"), True, 10**30]
+    junk = [None, -1, 2.5, "x", "", [], {}, [1], [[1, 2]], float("nan"), float("inf"), True, 10**30, 10**400]
     rng = np.random.default_rng(0)
     outcomes = {"support": 0, "error": 0}
     for _ in range(300):
@@ -246,6 +252,10 @@ def test_a_sleap_file_on_a_video_sleap_io_cannot_open(tmp_path: Path) -> None:
         support_from_labels(path)
     support = support_from_labels(path, read_frame=read_frame)
     expected = read_frame(clip.path, 2)
+    beyond = sio.LabeledFrame(video=video, frame_idx=9, instances=[sio.Instance.from_numpy(points, skeleton=skeleton)])
+    sio.save_slp(sio.Labels(labeled_frames=[beyond], videos=[video], skeletons=[skeleton]), str(tmp_path / "9.slp"))
+    with pytest.raises(SourceError, match="has no frame 9"):  # the reader's own reason, not a vaguer one
+        support_from_labels(tmp_path / "9.slp", read_frame=read_frame)
     assert not np.array_equal(expected, read_frame(clip.path, 0))  # the frame index is what picks the image
     np.testing.assert_array_equal(support.images[0], expected)
     np.testing.assert_allclose(support.keypoints[0], points)
