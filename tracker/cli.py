@@ -272,7 +272,8 @@ def _onnx_export(argv: list[str]) -> int:
     except Exception as exc:  # the exporter refuses the graph (an operator it cannot express): one line
         return _fail(f"export: the model cannot be exported ({type(exc).__name__}: {first_line(exc)})", 1)
     beside = f" and {embedding_path}" if support is not None else ""
-    _say(f"{PROG}: wrote {out}{beside} ({n} keypoints, {model.input_size} px input){checked}")
+    count = f"{n} keypoint" + ("s" if n != 1 else "")
+    _say(f"{PROG}: wrote {out}{beside} ({count}, {model.input_size} px input){checked}")
     return 0
 
 
