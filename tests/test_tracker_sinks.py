@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -242,6 +243,87 @@ def test_video_encoding_failure_is_reported_once_and_the_file_closed(tmp_path: P
         for frame, result in frames:
             sink.write(frame, result)
     sink.close()  # already reported: closes the container without raising again
+
+
+def _backlog(sink: VideoSink, monkeypatch: pytest.MonkeyPatch, count: int, times: list[float]) -> list[np.ndarray]:
+    """`count` frames, each its own picture, written while the writer thread is held on the first until `close` has
+    taken the tail: the run ends with the rest queued, as when a tracker hands its last frames over at once."""
+    monkeypatch.setattr("cape_track.tracker.sinks.usable_cores", lambda: 2)
+    sink.open(_info())
+    taken = threading.Event()
+    encode, take = sink._encode, sink._take_tail
+    monkeypatch.setattr(sink, "_encode", lambda *item: (taken.wait(10.0), encode(*item)))
+    monkeypatch.setattr(sink, "_take_tail", lambda: (take(), taken.set())[0])
+    images, ramp = [], np.repeat(np.linspace(20, 230, 64, dtype=np.uint8)[None, :, None], 48, 0).repeat(3, 2)
+    for (frame, result), k in zip(_frames(count, times=times), range(count), strict=True):
+        image = np.roll(ramp, k, axis=1)  # a slow pan: no scene cut for the encoder to start a keyframe on
+        sink.write(replace(frame, image=image), replace(result, xy_frame=np.array([[10.0, 10], [30, 20], [50, 40]])))
+        images.append(image)
+    deadline = time.monotonic() + 10.0
+    while sink._queue.qsize() > count - 1 and time.monotonic() < deadline:  # the writer holds the first
+        time.sleep(0.001)
+    return images
+
+
+def _decoded(path: Path) -> list[av.VideoFrame]:
+    with av.open(str(path)) as container:
+        return list(container.decode(video=0))
+
+
+def test_the_end_of_a_run_is_encoded_on_two_threads_as_one_stream(tmp_path: Path, monkeypatch) -> None:
+    """At `close` the newest 5 of the 11 queued frames go to a second encoder on the closing thread, beside the
+    writer's: the file has every frame in order with its timestamp, pixel for pixel what one encoder writes (crf 0),
+    with a keyframe where the second encoder started; OpenCV's reader reads it too."""
+    times = [0.0, 0.04, 0.1, 0.12, 0.3, 0.31, 0.4, 0.5, 0.6, 0.64, 0.7, 0.9]
+    serial = VideoSink(tmp_path / "serial.mp4", crf=0)
+    with monkeypatch.context() as patch:
+        patch.setattr("cape_track.tracker.sinks.TAIL_FRAMES_MIN", 10**6)
+        _backlog(serial, patch, 12, times)
+        serial.close()
+    split = VideoSink(tmp_path / "split.mp4", crf=0)
+    _backlog(split, monkeypatch, 12, times)
+    split.close()
+    one, two = _decoded(serial.path), _decoded(split.path)
+    assert split.frames_encoded == serial.frames_encoded == len(one) == len(two) == 12
+    assert [i for i, f in enumerate(two) if f.key_frame] == [0, 7]
+    assert [i for i, f in enumerate(one) if f.key_frame] == [0]
+    np.testing.assert_allclose([f.time for f in two], times, atol=2e-3)
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a.to_ndarray(), b.to_ndarray())
+    capture = cv2.VideoCapture(str(split.path))
+    assert sum(1 for _ in iter(lambda: capture.read()[0], False)) == 12
+
+
+def test_a_second_encoder_that_would_not_continue_the_stream_is_not_used(tmp_path: Path, monkeypatch) -> None:
+    """Parameter sets that differ from the stream's (here four reference frames for the stream's one) would not
+    decode after its frames: the writer encodes the whole tail itself."""
+    sink = VideoSink(tmp_path / "t.mp4", crf=0)
+    _backlog(sink, monkeypatch, 12, [k / 25 for k in range(12)])
+    sink._options["x264-params"] = "ref=4"
+    sink.close()
+    decoded = _decoded(sink.path)
+    assert sink.frames_encoded == len(decoded) == 12
+    assert [i for i, f in enumerate(decoded) if f.key_frame] == [0]
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("drawing failed"), KeyboardInterrupt()])
+def test_a_failing_or_interrupted_tail_leaves_the_writers_frames(tmp_path: Path, monkeypatch, failure) -> None:
+    """The second encoder fails, or a second Ctrl-C lands, on its second frame: the file is still finished, with
+    the writer's 7 frames; a failure is reported as the video's, an interrupt goes on up."""
+    sink = VideoSink(tmp_path / "t.mp4")
+    _backlog(sink, monkeypatch, 12, [k / 25 for k in range(12)])
+    draw, writer = sink._video_frame, threading.current_thread()
+
+    def failing(image, result, pts):
+        if threading.current_thread() is writer and result.index == 8:
+            raise failure
+        return draw(image, result, pts)
+
+    monkeypatch.setattr(sink, "_video_frame", failing)
+    expected = SinkError if isinstance(failure, Exception) else KeyboardInterrupt
+    with pytest.raises(expected):
+        sink.close()
+    assert sink.frames_encoded == len(_decoded(sink.path)) == 7
 
 
 def test_track_files_agree_when_one_file_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
