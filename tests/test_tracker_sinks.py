@@ -245,7 +245,9 @@ def test_video_encoding_failure_is_reported_once_and_the_file_closed(tmp_path: P
     sink.close()  # already reported: closes the container without raising again
 
 
-def _backlog(sink: VideoSink, monkeypatch: pytest.MonkeyPatch, count: int, times: list[float]) -> list[np.ndarray]:
+def _backlog(
+    sink: VideoSink, monkeypatch: pytest.MonkeyPatch, count: int, times: list[float] | None = None
+) -> list[np.ndarray]:
     """`count` frames, each its own picture, written while the writer thread is held on the first until `close` has
     taken the tail: the run ends with the rest queued, as when a tracker hands its last frames over at once."""
     monkeypatch.setattr("cape_track.tracker.sinks.usable_cores", lambda: 2)
@@ -253,16 +255,51 @@ def _backlog(sink: VideoSink, monkeypatch: pytest.MonkeyPatch, count: int, times
     taken = threading.Event()
     encode, take = sink._encode, sink._take_tail
     monkeypatch.setattr(sink, "_encode", lambda *item: (taken.wait(10.0), encode(*item)))
-    monkeypatch.setattr(sink, "_take_tail", lambda: (take(), taken.set())[0])
+
+    def taking():
+        try:
+            return take()
+        finally:
+            taken.set()
+
+    monkeypatch.setattr(sink, "_take_tail", taking)
     images, ramp = [], np.repeat(np.linspace(20, 230, 64, dtype=np.uint8)[None, :, None], 48, 0).repeat(3, 2)
+    fixed = np.array([[10.0, 10], [30, 20], [50, 40]])  # keypoints that stay: no scene cut for x264 to key on
     for (frame, result), k in zip(_frames(count, times=times), range(count), strict=True):
-        image = np.roll(ramp, k, axis=1)  # a slow pan: no scene cut for the encoder to start a keyframe on
-        sink.write(replace(frame, image=image), replace(result, xy_frame=np.array([[10.0, 10], [30, 20], [50, 40]])))
+        image = np.roll(ramp, k, axis=1)  # a slow pan
+        sink.write(replace(frame, image=image), replace(result, xy_frame=fixed))
         images.append(image)
     deadline = time.monotonic() + 10.0
-    while sink._queue.qsize() > count - 1 and time.monotonic() < deadline:  # the writer holds the first
+    while sink._queue.qsize() > count - 1:  # the writer holds the first
+        assert time.monotonic() < deadline
         time.sleep(0.001)
     return images
+
+
+def _keyframe_numbers(path: Path) -> list[int | None]:
+    """Each frame's `idr_pic_id` (H.264 7.3.3), None for a frame that is not a keyframe: read from the slice header
+    of x264's progressive 4:2:0 streams (`log2_max_frame_num` 4), after the AVCC length prefixes."""
+
+    def exp_golomb(bits: str, at: int) -> tuple[int, int]:
+        zeros = bits.index("1", at) - at
+        return int(bits[at + zeros : at + 2 * zeros + 1], 2) - 1, at + 2 * zeros + 1
+
+    numbers: list[int | None] = []
+    with av.open(str(path)) as container:
+        for packet in container.demux(video=0):
+            data, number = bytes(packet), None
+            while data and number is None:
+                size = int.from_bytes(data[:4], "big")
+                nal, data = data[4 : 4 + size], data[4 + size :]
+                if nal[0] & 0x1F == 5:  # an IDR slice
+                    payload = nal[1:].replace(b"\x00\x00\x03", b"\x00\x00")  # emulation prevention
+                    bits, at = "".join(f"{byte:08b}" for byte in payload[:16]), 0
+                    for _ in range(3):  # first_mb_in_slice, slice_type, pic_parameter_set_id
+                        _, at = exp_golomb(bits, at)
+                    number, _ = exp_golomb(bits, at + 4)  # after frame_num's 4 bits
+            if packet.size:
+                numbers.append(number)
+    return numbers
 
 
 def _decoded(path: Path) -> list[av.VideoFrame]:
@@ -270,35 +307,47 @@ def _decoded(path: Path) -> list[av.VideoFrame]:
         return list(container.decode(video=0))
 
 
-def test_the_end_of_a_run_is_encoded_on_two_threads_as_one_stream(tmp_path: Path, monkeypatch) -> None:
-    """At `close` the newest 5 of the 11 queued frames go to a second encoder on the closing thread, beside the
+def _serial(sink: VideoSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sink, "_tail_encoder", lambda: None)
+
+
+@pytest.mark.parametrize("count", [12, 101])
+def test_the_end_of_a_run_is_encoded_on_two_threads_as_one_stream(tmp_path: Path, monkeypatch, count) -> None:
+    """At `close` the newest half of the queued frames go to a second encoder in a thread of its own, beside the
     writer's: the file has every frame in order with its timestamp, pixel for pixel what one encoder writes (crf 0),
-    with a keyframe where the second encoder started; OpenCV's reader reads it too."""
-    times = [0.0, 0.04, 0.1, 0.12, 0.3, 0.31, 0.4, 0.5, 0.6, 0.64, 0.7, 0.9]
-    serial = VideoSink(tmp_path / "serial.mp4", crf=0)
+    with a keyframe where the second encoder started, numbered apart from the keyframe before it; OpenCV reads it.
+    With 101 frames the writer ends on its third keyframe (frame 50, numbered 0 as its first), so the tail is
+    encoded again from a keyframe numbered 1."""
+    times = [0.0, *sorted(np.random.default_rng(1).uniform(0.01, count / 20, count - 1).round(3))]
+    serial = VideoSink(tmp_path / "serial.mp4", crf=0, queue_size=128)
     with monkeypatch.context() as patch:
-        patch.setattr("cape_track.tracker.sinks.TAIL_FRAMES_MIN", 10**6)
-        _backlog(serial, patch, 12, times)
+        _serial(serial, patch)
+        _backlog(serial, patch, count, times)
         serial.close()
-    split = VideoSink(tmp_path / "split.mp4", crf=0)
-    _backlog(split, monkeypatch, 12, times)
+    split = VideoSink(tmp_path / "split.mp4", crf=0, queue_size=128)
+    _backlog(split, monkeypatch, count, times)
     split.close()
     one, two = _decoded(serial.path), _decoded(split.path)
-    assert split.frames_encoded == serial.frames_encoded == len(one) == len(two) == 12
-    assert [i for i, f in enumerate(two) if f.key_frame] == [0, 7]
-    assert [i for i, f in enumerate(one) if f.key_frame] == [0]
+    assert split.frames_encoded == serial.frames_encoded == len(one) == len(two) == count
+    # One encoder keys every 25 frames (a second at 25 fps); the second encoder starts with a key at frame 7 or 51.
+    keys, serial_keys, numbers = (
+        ([0, 7], [0], [0, 0]) if count == 12 else ([0, 25, 50, 51, 76], [0, 25, 50, 75, 100], [0, 1, 0, 1, 0])
+    )
+    assert [i for i, f in enumerate(two) if f.key_frame] == keys
+    assert [i for i, f in enumerate(one) if f.key_frame] == serial_keys
+    assert [n for n in _keyframe_numbers(split.path) if n is not None] == numbers
     np.testing.assert_allclose([f.time for f in two], times, atol=2e-3)
     for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a.to_ndarray(), b.to_ndarray())
     capture = cv2.VideoCapture(str(split.path))
-    assert sum(1 for _ in iter(lambda: capture.read()[0], False)) == 12
+    assert sum(1 for _ in iter(lambda: capture.read()[0], False)) == count
 
 
 def test_a_second_encoder_that_would_not_continue_the_stream_is_not_used(tmp_path: Path, monkeypatch) -> None:
     """Parameter sets that differ from the stream's (here four reference frames for the stream's one) would not
     decode after its frames: the writer encodes the whole tail itself."""
     sink = VideoSink(tmp_path / "t.mp4", crf=0)
-    _backlog(sink, monkeypatch, 12, [k / 25 for k in range(12)])
+    _backlog(sink, monkeypatch, 12)
     sink._options["x264-params"] = "ref=4"
     sink.close()
     decoded = _decoded(sink.path)
@@ -306,24 +355,37 @@ def test_a_second_encoder_that_would_not_continue_the_stream_is_not_used(tmp_pat
     assert [i for i, f in enumerate(decoded) if f.key_frame] == [0]
 
 
-@pytest.mark.parametrize("failure", [RuntimeError("drawing failed"), KeyboardInterrupt()])
-def test_a_failing_or_interrupted_tail_leaves_the_writers_frames(tmp_path: Path, monkeypatch, failure) -> None:
-    """The second encoder fails, or a second Ctrl-C lands, on its second frame: the file is still finished, with
-    the writer's 7 frames; a failure is reported as the video's, an interrupt goes on up."""
+def test_a_failing_tail_leaves_the_writers_frames_and_is_reported(tmp_path: Path, monkeypatch) -> None:
+    """The second encoder's thread fails on its second frame: the file is still finished, with the writer's 7
+    frames, and the failure is reported as the video's."""
     sink = VideoSink(tmp_path / "t.mp4")
-    _backlog(sink, monkeypatch, 12, [k / 25 for k in range(12)])
-    draw, writer = sink._video_frame, threading.current_thread()
+    _backlog(sink, monkeypatch, 12)
+    draw = sink._video_frame
 
     def failing(image, result, pts):
-        if threading.current_thread() is writer and result.index == 8:
-            raise failure
+        if threading.current_thread().name == "cape-encode-tail" and result.index == 8:
+            raise RuntimeError("drawing failed")
         return draw(image, result, pts)
 
     monkeypatch.setattr(sink, "_video_frame", failing)
-    expected = SinkError if isinstance(failure, Exception) else KeyboardInterrupt
-    with pytest.raises(expected):
+    with pytest.raises(SinkError, match="video encoding failed \\(drawing failed\\)"):
         sink.close()
-    assert sink.frames_encoded == len(_decoded(sink.path)) == 7
+    assert sink.frames_encoded == 7 and len(_decoded(sink.path)) == 7
+
+
+def test_an_interrupt_while_the_tail_is_taken_still_finishes_the_file(tmp_path: Path, monkeypatch) -> None:
+    """A second Ctrl-C while the second encoder opens goes on up, and not as the writer's own failure: the writer
+    still encodes every frame into a finished file."""
+    sink = VideoSink(tmp_path / "t.mp4")
+    _backlog(sink, monkeypatch, 12)
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sink, "_tail_encoder", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sink.close()
+    assert sink.frames_encoded == len(_decoded(sink.path)) == 12
 
 
 def test_track_files_agree_when_one_file_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
@@ -20,6 +21,7 @@ from typing import BinaryIO
 import av
 import cv2
 import numpy as np
+from av.video.frame import PictureType
 
 from cape_track.tracker.drawing import draw_pose, draw_text, keypoint_colors
 from cape_track.tracker.errors import SinkError
@@ -308,8 +310,9 @@ _Queued = tuple[np.ndarray, FrameResult, int]  # a frame for the video: its imag
 
 class VideoSink(Sink):
     """The annotated video: H.264 (the first encoder PyAV has), yuv420p, odd sizes padded to even, frame
-    timestamps from the source (variable frame rate kept). Drawing and encoding run in a writer thread. The file
-    is finished by `close` (the MP4 index is written last); no file is left when no frame was written."""
+    timestamps from the source (variable frame rate kept). Drawing and encoding run in a writer thread (and at the
+    end of a run in a second one, `_take_tail`). The file is finished by `close` (the MP4 index is written last); no
+    file is left when no frame was written."""
 
     encoder_threads = 1
 
@@ -323,7 +326,7 @@ class VideoSink(Sink):
         self._reported = False
         self._thread: threading.Thread | None = None
         self.busy_seconds = 0.0  # drawing + encoding time (a stage timer)
-        self.frames_encoded = 0  # frames in the file (the writer thread's count; `frames_written` counts hand-overs)
+        self.frames_encoded = 0  # frames in the file (the encoders' count; `frames_written` counts hand-overs)
 
     def open(self, info: TrackInfo) -> None:
         self._info = info
@@ -374,6 +377,7 @@ class VideoSink(Sink):
             raise SinkError(f"{self.path}: cannot start the {codec} encoder ({exc})") from exc
         self._stream = stream
         self._last_pts = -1
+        self._last_key, self._keyframes = False, 0  # the stream encoder's last packet a keyframe; how many so far
         self._thread = start_helper(self._work, "cape-encode", niceness=0)  # a critical chain too (`threads`)
 
     def write(self, frame: Frame, result: FrameResult) -> None:
@@ -387,31 +391,27 @@ class VideoSink(Sink):
     def close(self) -> None:
         if self._thread is None:
             return
-        tail, encoder = self._take_tail()
-        self._queue.put(None)
-        packets: list[av.Packet] = []
-        failed: Exception | None = None
+        tail, taken = None, False
         try:
-            packets = self._encode_tail(tail, encoder)  # on this thread, beside the writer's
-        except Exception as exc:  # the writer's frames stand; reported as any encoding failure
-            failed = exc
-        finally:  # Ctrl-C included: the file is finished with the writer's frames
-            self._thread.join()
-            self._thread = None
-            try:
-                if self._error is None:
-                    self._container.mux(self._stream.encode(None))
-                if self._error is None and failed is None and packets:  # the whole tail, its encoder flushed
-                    for packet in packets:
-                        packet.stream = self._stream
-                    self._container.mux(packets)
-                    self.frames_encoded += len(tail)
-            except (av.FFmpegError, OSError) as exc:
-                self._error = exc
-            self._error = self._error or failed
-            self._finish()
+            tail = self._take_tail()
+            taken = True
+        finally:  # a second Ctrl-C included: the writer still ends, and the file is finished with its frames
+            self._end(tail, report=taken)
 
-    def _finish(self) -> None:
+    def _end(self, tail: _Tail | None, report: bool) -> None:
+        """Let the writer finish, then the file: the writer's frames, then `tail`'s."""
+        self._queue.put(None)
+        self._thread.join()
+        self._thread = None
+        if tail is not None:
+            tail.thread.join()
+        try:
+            if self._error is None:
+                self._mux(self._stream.encode(None))
+            if self._error is None and tail is not None:
+                self._mux_tail(tail)
+        except (av.FFmpegError, OSError) as exc:
+            self._error = exc
         for closing in (self._container.close, self._file.close):
             try:
                 closing()
@@ -421,7 +421,8 @@ class VideoSink(Sink):
             self.path.unlink(missing_ok=True)  # an MP4 without frames has no video stream: write none
         elif self._error is not None:
             self.frames_encoded = _decodable_frames(self.path)  # what a player will show of the cut file
-        self._raise_failure()
+        if report:  # not over an interrupt on its way up
+            self._raise_failure()
 
     @property
     def frames_done(self) -> int:
@@ -445,64 +446,73 @@ class VideoSink(Sink):
                 self._error = exc
 
     def _encode(self, image: np.ndarray, result: FrameResult, pts: int) -> None:
-        self._container.mux(self._stream.encode(self._video_frame(image, result, pts)))
+        self._mux(self._stream.encode(self._video_frame(image, result, pts)))
 
-    def _take_tail(self) -> tuple[list[_Queued], av.CodecContext | None]:
-        """The newest of the frames still queued when the run ends and an encoder for them, for the closing thread
-        to encode beside the writer's (`_encode_tail`), which keeps the older ones; none when a second encoder
-        would not pay or cannot join the stream.
+    def _mux(self, packets: list[av.Packet]) -> None:
+        """Mux the stream encoder's packets, counting its keyframes (x264 numbers them 0, 1, 0, ...: `_mux_tail`)."""
+        self._container.mux(packets)
+        for packet in packets:
+            self._last_key = packet.is_keyframe
+            self._keyframes += packet.is_keyframe
+
+    def _take_tail(self) -> _Tail | None:
+        """On two cores, the newest half of the frames still queued when the run ends, handed to a second encoder in
+        a thread of its own while the writer encodes the older half; None where that does not apply.
 
         A tracker hands its last frames over at once (settling holds a file's frames until two more keyframes) and
-        runs up to the queue's length ahead of the encoder, so a run used to end with the encoder alone on one core
-        for up to a queue of frames (5-24 frames, 46-193 ms of a 1.8 s run on the `make run` sample, two cores:
-        2-5 % of both cores' time). The closing thread takes half of them (the writer has one more in hand; a second
-        x264 opens in 1.5 ms, a 720p frame takes 7): on the sample, two cores, 1.017x the fps with the video (paired
-        median of 20 interleaved runs, 16 faster), the frames pixel for pixel the same, one keyframe more."""
-        if self._stream.codec_context.thread_count != 1 or usable_cores() < 2 or self._error is not None:
-            return [], None  # x264's own threads share out its work on more cores
+        may run a queue's length ahead of the encoder, so otherwise a run ends with the encoder alone on one core
+        for that many frames (docs/speed.md, 2026-12-07). The second encoder starts on a keyframe, where the MP4
+        starts a fragment anyway (`FRAGMENTED_MP4`), so its packets continue the stream, as a chunked encoder's
+        segments do, if its parameter sets are byte for byte the stream's: decoders read them from the stream's
+        `extradata` alone."""
+        main = self._stream.codec_context
+        # On more cores x264's own threads share out the work (`open`); other encoders number their frames their way.
+        if main.name != "libx264" or main.thread_count != 1 or usable_cores() < 2 or self._error is not None:
+            return None
+        encoder = self._tail_encoder()  # opened (1.5 ms) before the frames are taken: the writer goes on meanwhile
+        if encoder is None:
+            return None
         queued: list[_Queued] = []
         with contextlib.suppress(queue.Empty):
             while True:
                 queued.append(self._queue.get_nowait())
-        share = len(queued) // 2  # the writer has one more frame in hand
-        encoder = self._tail_encoder() if share >= TAIL_FRAMES_MIN else None
-        if encoder is None:
-            share = 0
+        share = len(queued) // 2  # the writer has one more in hand
         for item in queued[: len(queued) - share]:  # back to the writer, in order
             self._queue.put(item)
-        return queued[len(queued) - share :], encoder
+        return _Tail(queued[len(queued) - share :], encoder, self._video_frame) if share else None
 
     def _tail_encoder(self) -> av.CodecContext | None:
-        """A second encoder set up as the stream's. Its first frame is a keyframe, where the MP4 starts a fragment
-        anyway (`FRAGMENTED_MP4`), so its packets continue the stream, as a chunked encoder's segments do, if its
-        parameter sets come out byte for byte the stream's (`extradata`, where every decoder of the file reads
-        them): None if they do not (another encoder or build), or if it does not open."""
+        """A second encoder set up as the stream's, or None if it does not open or its parameter sets differ."""
         main = self._stream.codec_context
         try:
             encoder = av.CodecContext.create(main.name, "w")
             for name in _ENCODER_SETTINGS:
                 if (value := getattr(main, name)) is not None:
                     setattr(encoder, name, value)
-            encoder.options = dict(self._options)
+            encoder.options = {**self._options, "forced-idr": "1"}  # for `_Tail`'s renumbering
             encoder.open()
         except (av.FFmpegError, ValueError):
             return None
         return encoder if main.extradata and encoder.extradata == main.extradata else None
 
-    def _encode_tail(self, tail: list[_Queued], encoder: av.CodecContext | None) -> list[av.Packet]:
-        """`tail` encoded by `encoder`, flushed: its packets, for `close` to mux after the writer's frames; none if
-        the writer fails meanwhile (the file ends where it failed)."""
-        if encoder is None:
-            return []
-        start = time.perf_counter()
-        packets: list[av.Packet] = []
-        for image, result, pts in tail:
-            if self._error is not None:
-                return []
-            packets += encoder.encode(self._video_frame(image, result, pts))
-        packets += encoder.encode(None)
-        self.busy_seconds += time.perf_counter() - start
-        return packets
+    def _mux_tail(self, tail: _Tail) -> None:
+        """Mux the tail after the writer's frames. Two keyframes in a row must not carry the same number (H.264
+        7.4.3: a decoder that finds frames by their slice headers, not the MP4's index, would take them for one),
+        and x264 numbers its keyframes 0, 1, 0, ...: so where the writer ended on a keyframe numbered 0, the tail is
+        encoded again here, from a keyframe numbered 1 (rare: the writer's last frame is one of its keyframes)."""
+        if tail.error is None and self._last_key and self._keyframes % 2 == 1:
+            encoder = self._tail_encoder()  # it opened a moment ago with the same settings
+            if encoder is not None:
+                tail = _Tail(tail.items, encoder, self._video_frame, renumber=True)
+                tail.thread.join()
+        self.busy_seconds += tail.seconds
+        if tail.packets is None:
+            self._error = tail.error or RuntimeError("the end of the video was not encoded")
+            return
+        for packet in tail.packets:
+            packet.stream = self._stream
+        self._container.mux(tail.packets)
+        self.frames_encoded += len(tail.items)
 
     def _video_frame(self, image: np.ndarray, result: FrameResult, pts: int) -> av.VideoFrame:
         info = self._info
@@ -520,12 +530,56 @@ class VideoSink(Sink):
         return video_frame
 
 
+class _Tail:
+    """Frames at the end of a run encoded by a second encoder in a thread of its own (`VideoSink._take_tail`): the
+    packets, flushed, for the sink to mux after the writer's, or the `error` that stopped it."""
+
+    def __init__(
+        self,
+        items: list[_Queued],
+        encoder: av.CodecContext,
+        video_frame: Callable[[np.ndarray, FrameResult, int], av.VideoFrame],
+        renumber: bool = False,
+    ) -> None:
+        self.items = items
+        self.packets: list[av.Packet] | None = None  # None until the whole tail is encoded and flushed
+        self.error: Exception | None = None
+        self.seconds = 0.0
+        self._encoder, self._video_frame, self._renumber = encoder, video_frame, renumber
+        self.thread = start_helper(self._work, "cape-encode-tail", niceness=0)
+
+    def _work(self) -> None:
+        start = time.perf_counter()
+        try:
+            self.packets = self._encode()
+        except Exception as exc:  # forwarded to the sink's close
+            self.error = exc
+        self.seconds = time.perf_counter() - start
+
+    def _encode(self) -> list[av.Packet]:
+        encoder, first = self._encoder, self.items[0][2]
+        packets: list[av.Packet] = []
+        if self._renumber:  # a black frame, dropped, takes x264's keyframe number 0
+            width, height = encoder.width, encoder.height
+            black = np.full((height * 3 // 2, width), 128, np.uint8)
+            black[:height] = 16  # BT.601 limited-range black
+            frame = av.VideoFrame.from_numpy_buffer(black, format="yuv420p")
+            frame.pts, frame.time_base = first - 1, Fraction(1, 1000)
+            packets += encoder.encode(frame)
+        for k, (image, result, pts) in enumerate(self.items):
+            frame = self._video_frame(image, result, pts)
+            if self._renumber and k == 0:
+                frame.pict_type = PictureType.I  # a keyframe (the encoder's `forced-idr`), numbered 1
+            packets += encoder.encode(frame)
+        packets += encoder.encode(None)
+        return [packet for packet in packets if packet.pts is not None and packet.pts >= first]
+
+
 FRAGMENTED_MP4 = "+frag_keyframe+empty_moov+default_base_moof"
 # What the tail's encoder copies from the stream's (`VideoSink._tail_encoder`), its options besides.
 _ENCODER_SETTINGS = (
     "width height pix_fmt time_base framerate bit_rate gop_size max_b_frames thread_count flags flags2".split()
 )
-TAIL_FRAMES_MIN = 1  # frames for the closing thread worth a second encoder's start (1.5 ms; a frame is 7)
 # The frames the encoder's queue may hold (the source's own arrays, not copies): as many as fit in this many bytes of
 # RGB, within the bounds below.
 ENCODER_QUEUE_BYTES = 96 * 2**20
