@@ -500,12 +500,13 @@ class VideoSink(Sink):
         7.4.3: a decoder that finds frames by their slice headers, not the MP4's index, would take them for one),
         and x264 numbers its keyframes 0, 1, 0, ...: so where the writer ended on a keyframe numbered 0, the tail is
         encoded again here, from a keyframe numbered 1 (rare: the writer's last frame is one of its keyframes)."""
+        self.busy_seconds += tail.seconds
         if tail.error is None and self._last_key and self._keyframes % 2 == 1:
             encoder = self._tail_encoder()  # it opened a moment ago with the same settings
             if encoder is not None:
                 tail = _Tail(tail.items, encoder, self._video_frame, renumber=True)
                 tail.thread.join()
-        self.busy_seconds += tail.seconds
+                self.busy_seconds += tail.seconds
         if tail.packets is None:
             self._error = tail.error or RuntimeError("the end of the video was not encoded")
             return
