@@ -245,9 +245,7 @@ def test_video_encoding_failure_is_reported_once_and_the_file_closed(tmp_path: P
     sink.close()  # already reported: closes the container without raising again
 
 
-def _backlog(
-    sink: VideoSink, monkeypatch: pytest.MonkeyPatch, count: int, times: list[float] | None = None
-) -> list[np.ndarray]:
+def _backlog(sink: VideoSink, monkeypatch: pytest.MonkeyPatch, count: int, times: list[float] | None = None) -> None:
     """`count` frames, each its own picture, written while the writer thread is held on the first until `close` has
     taken the tail: the run ends with the rest queued, as when a tracker hands its last frames over at once."""
     monkeypatch.setattr("cape_track.tracker.sinks.usable_cores", lambda: 2)
@@ -263,17 +261,15 @@ def _backlog(
             taken.set()
 
     monkeypatch.setattr(sink, "_take_tail", taking)
-    images, ramp = [], np.repeat(np.linspace(20, 230, 64, dtype=np.uint8)[None, :, None], 48, 0).repeat(3, 2)
+    ramp = np.repeat(np.linspace(20, 230, 64, dtype=np.uint8)[None, :, None], 48, 0).repeat(3, 2)
     fixed = np.array([[10.0, 10], [30, 20], [50, 40]])  # keypoints that stay: no scene cut for x264 to key on
     for (frame, result), k in zip(_frames(count, times=times), range(count), strict=True):
         image = np.roll(ramp, k, axis=1)  # a slow pan
         sink.write(replace(frame, image=image), replace(result, xy_frame=fixed))
-        images.append(image)
     deadline = time.monotonic() + 10.0
     while sink._queue.qsize() > count - 1:  # the writer holds the first
         assert time.monotonic() < deadline
         time.sleep(0.001)
-    return images
 
 
 def _keyframe_numbers(path: Path) -> list[int | None]:
@@ -307,24 +303,20 @@ def _decoded(path: Path) -> list[av.VideoFrame]:
         return list(container.decode(video=0))
 
 
-def _serial(sink: VideoSink, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sink, "_tail_encoder", lambda: None)
-
-
-@pytest.mark.parametrize("count", [12, 101])
-def test_the_end_of_a_run_is_encoded_on_two_threads_as_one_stream(tmp_path: Path, monkeypatch, count) -> None:
+@pytest.mark.parametrize(("count", "crf"), [(12, 0), (12, 20), (101, 0)])
+def test_the_end_of_a_run_is_encoded_on_two_threads_as_one_stream(tmp_path: Path, monkeypatch, count, crf) -> None:
     """At `close` the newest half of the queued frames go to a second encoder in a thread of its own, beside the
-    writer's: the file has every frame in order with its timestamp, pixel for pixel what one encoder writes (crf 0),
-    with a keyframe where the second encoder started, numbered apart from the keyframe before it; OpenCV reads it.
-    With 101 frames the writer ends on its third keyframe (frame 50, numbered 0 as its first), so the tail is
-    encoded again from a keyframe numbered 1."""
+    writer's: the file has every frame in order with its timestamp, pixel for pixel what one encoder writes at crf 0
+    (within a level at the default crf 20, whose rate control starts afresh), with a keyframe where the second
+    encoder started, numbered apart from the keyframe before it; OpenCV reads it. With 101 frames the writer ends on
+    its third keyframe (frame 50, numbered 0 as its first), so the tail is encoded again from a keyframe numbered 1."""
     times = [0.0, *sorted(np.random.default_rng(1).uniform(0.01, count / 20, count - 1).round(3))]
-    serial = VideoSink(tmp_path / "serial.mp4", crf=0, queue_size=128)
+    serial = VideoSink(tmp_path / "serial.mp4", crf=crf, queue_size=128)
     with monkeypatch.context() as patch:
-        _serial(serial, patch)
+        patch.setattr(serial, "_tail_encoder", lambda: None)  # one encoder, as before
         _backlog(serial, patch, count, times)
         serial.close()
-    split = VideoSink(tmp_path / "split.mp4", crf=0, queue_size=128)
+    split = VideoSink(tmp_path / "split.mp4", crf=crf, queue_size=128)
     _backlog(split, monkeypatch, count, times)
     split.close()
     one, two = _decoded(serial.path), _decoded(split.path)
@@ -338,7 +330,8 @@ def test_the_end_of_a_run_is_encoded_on_two_threads_as_one_stream(tmp_path: Path
     assert [n for n in _keyframe_numbers(split.path) if n is not None] == numbers
     np.testing.assert_allclose([f.time for f in two], times, atol=2e-3)
     for a, b in zip(one, two, strict=True):
-        np.testing.assert_array_equal(a.to_ndarray(), b.to_ndarray())
+        difference = np.abs(a.to_ndarray().astype(int) - b.to_ndarray())
+        assert difference.max() == 0 if crf == 0 else difference.mean() < 1.0
     capture = cv2.VideoCapture(str(split.path))
     assert sum(1 for _ in iter(lambda: capture.read()[0], False)) == count
 
