@@ -469,6 +469,8 @@ class VideoSink(Sink):
         # On more cores x264's own threads share out the work (`open`); other encoders number their frames their way.
         if main.name != "libx264" or main.thread_count != 1 or usable_cores() < 2 or self._error is not None:
             return None
+        if self._queue.qsize() < 2:  # nothing to share (a live source's run usually ends so)
+            return None
         encoder = self._tail_encoder()  # opened (1.5 ms) before the frames are taken: the writer goes on meanwhile
         if encoder is None:
             return None
