@@ -413,6 +413,30 @@ def test_track_files_agree_when_one_file_fails(tmp_path: Path, monkeypatch: pyte
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_track_files_end_at_the_videos_frames_when_its_close_is_interrupted(tmp_path: Path, monkeypatch) -> None:
+    """A second Ctrl-C lands while the video finishes, with 3 of its 5 frames in the file: the interrupt goes on up,
+    and the JSON and CSV are still cut to those 3 frames."""
+    from cape_track.tracker.sinks import TrackFiles
+
+    files = TrackFiles(tmp_path, "clip")
+    files.open(_info())
+    for frame, result in _frames(5):
+        files.write(frame, result)
+    close = files.video.close
+
+    def interrupted() -> None:
+        close()
+        files.video.frames_encoded = 3
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.video, "close", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        files.close()
+    paths = output_paths(tmp_path, "clip")
+    assert [f["index"] for f in json.loads(paths["json"].read_text())["frames"]] == [0, 1, 2]
+    assert len(list(csv.reader(paths["csv"].open()))) == 4  # the header and 3 rows
+
+
 def test_json_never_holds_nan(tmp_path: Path) -> None:
     """`allow_nan=False`: a NaN that reached the tracks file would make it invalid JSON; the pipeline replaces
     non-finite predictions before this, and the sink refuses rather than write one."""

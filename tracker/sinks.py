@@ -112,11 +112,18 @@ class TrackFiles(Sink):
 
     def close(self) -> None:
         errors: list[SinkError] = []
-        if self.video in self._opened:
-            try:
-                self.video.close()
-            except SinkError as exc:
-                errors.append(exc)
+        try:
+            if self.video in self._opened:
+                try:
+                    self.video.close()
+                except SinkError as exc:
+                    errors.append(exc)
+        finally:  # a second Ctrl-C while the video finishes included: the tracks still end at the video's frames
+            self._close_tracks(errors)
+        if errors:
+            raise errors[0]
+
+    def _close_tracks(self, errors: list[SinkError]) -> None:
         frames = min([p.frames_done for p in self._opened], default=0)
         if self.json in self._opened:
             try:
@@ -129,8 +136,6 @@ class TrackFiles(Sink):
                 self.csv.close(keep=frames)
             except SinkError as exc:
                 errors.append(exc)
-        if errors:
-            raise errors[0]
 
 
 def _make_parent(path: Path) -> None:
